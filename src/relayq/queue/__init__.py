@@ -1,0 +1,44 @@
+"""Layer 1, the queue engine: configuration, the I/O-free core, the runtime, stats, messages.
+
+Standard library only.
+"""
+
+from relayq.queue._config import (
+    CAPACITY_WARNING_THRESHOLD,
+    COALESCE_MIN_TIME,
+    COALESCE_POLL_TIME,
+    EXTRA_FIELDS,
+    QUEUE_FIELDS,
+    FieldSpec,
+    QueueConfig,
+    validate_queue_record,
+)
+from relayq.queue._core import Action, QueueCore, retry_delay
+from relayq.queue._legacy import LEGACY_RULES, WarningThrottle, get_plugin_params, legacy_overrides
+from relayq.queue._runtime import Runtime, default_runtime, workspace
+from relayq.queue._stats import DROP_REASONS, HANDLER_BUCKETS, Counters, QueueStats
+
+__all__ = [
+    "CAPACITY_WARNING_THRESHOLD",
+    "COALESCE_MIN_TIME",
+    "COALESCE_POLL_TIME",
+    "DROP_REASONS",
+    "EXTRA_FIELDS",
+    "HANDLER_BUCKETS",
+    "LEGACY_RULES",
+    "QUEUE_FIELDS",
+    "Action",
+    "Counters",
+    "FieldSpec",
+    "QueueConfig",
+    "QueueCore",
+    "QueueStats",
+    "Runtime",
+    "WarningThrottle",
+    "default_runtime",
+    "get_plugin_params",
+    "legacy_overrides",
+    "retry_delay",
+    "validate_queue_record",
+    "workspace",
+]

@@ -1,0 +1,578 @@
+"""The per-process registry of queues and the asyncio driver that runs their consumers.
+
+One ``Runtime`` is Kong's per-worker queue scope. ``enqueue`` is synchronous, takes one lock
+for a few hundred nanoseconds and never awaits, so it is safe on a request's hot path from the
+event loop's thread and from any other thread. Each registered queue has one consumer task on
+the runtime's event loop: the loop of the program when there is one (uvicorn, aiohttp), or a
+background loop thread started lazily. The consumer executes what ``QueueCore`` decides.
+
+Waking costs: a consumer coalescing a batch is woken only when the batch becomes full (once per
+batch, not per entry), and a consumer is created only when a queue is created (Kong removes a
+queue when it drains).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import contextvars
+import inspect
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from relayq.queue import _messages as m
+from relayq.queue._config import QueueConfig, as_config
+from relayq.queue._core import DELIVER, DONE, QUEUED_WAKE, REJECTED, SLEEP, WAIT, QueueCore
+from relayq.queue._legacy import WarningThrottle
+from relayq.queue._stats import Counters, QueueStats, snapshot
+from relayq.queue._workers import HandlerThreads
+
+log = logging.getLogger("relayq")
+
+Handler = Callable[[Any, list[Any]], Any]
+Key = str | tuple[str, str]
+
+_workspace: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "relayq_workspace", default=None
+)
+
+# Drop-related errors repeat on every enqueue while a queue is full; log them at most this often
+# per queue and message, with the number suppressed in between.
+LOG_REPEAT_INTERVAL = 1.0
+_RATE_LIMITED = frozenset(
+    {m.QUEUE_FULL, m.BYTES_EXCEEDED, m.STRING_TOO_LONG, m.NON_STRING, m.NIL_ENTRY}
+)
+ATEXIT_TIMEOUT = float(os.environ.get("RELAYQ_ATEXIT_TIMEOUT", "5"))
+
+
+@contextlib.contextmanager
+def workspace(workspace_id: str | None) -> Iterator[None]:
+    """Within this block, queues are keyed by ``workspace_id`` (Kong's ``ngx.ctx.workspace``)."""
+    token = _workspace.set(workspace_id or None)
+    try:
+        yield
+    finally:
+        _workspace.reset(token)
+
+
+def _key(name: str, ws: str | None) -> Key:
+    return name if not ws else (ws, name)
+
+
+def _label(key: Key) -> str:
+    return key if isinstance(key, str) else f"{key[0]}.{key[1]}"
+
+
+class _QueueLog:
+    """The log sink of one queue: Kong's prefix, and repeats of drop errors rate-limited."""
+
+    __slots__ = ("_clock", "_last", "_suppressed", "name", "tag")
+
+    def __init__(self, tag: str | None, name: str, clock: Callable[[], float]) -> None:
+        self.tag = tag
+        self.name = name
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, tuple[int, str]] = {}  # template -> (count, last text)
+
+    def __call__(self, level: int, template: str, *args: object) -> None:
+        if not m.log.isEnabledFor(level):
+            return
+        if template in _RATE_LIMITED:
+            now = self._clock()
+            last = self._last.get(template)
+            if last is not None and 0 <= now - last < LOG_REPEAT_INTERVAL:
+                count, _ = self._suppressed.get(template, (0, ""))
+                self._suppressed[template] = (count + 1, template % args if args else template)
+                return
+            self._last[template] = now
+            skipped, _ = self._suppressed.pop(template, (0, ""))
+            if skipped:
+                text = template % args if args else template
+                m.emit(level, self.tag, self.name, m.SUPPRESSED, text, skipped,
+                       LOG_REPEAT_INTERVAL)
+                return
+        elif template == m.RESUMED:
+            self.flush()
+        m.emit(level, self.tag, self.name, template, *args)
+
+    def flush(self) -> None:
+        """Report repeats that were suppressed and not yet reported."""
+        for count, text in self._suppressed.values():
+            m.emit(m.ERR, self.tag, self.name, m.SUPPRESSED, text, count, LOG_REPEAT_INTERVAL)
+        self._suppressed.clear()
+
+
+class _Queue(QueueCore):
+    """A registered queue: the core plus what the driver needs to run it."""
+
+    __slots__ = ("gen", "handler", "handler_conf", "is_async", "key", "loop", "qlog", "waker")
+
+    def __init__(self, conf: QueueConfig, key: Key, counters: Counters, handler: Handler,
+                 clock: Callable[[], float]) -> None:
+        qlog = _QueueLog(conf.log_tag, conf.name, clock)
+        super().__init__(conf, counters, qlog)
+        self.qlog = qlog
+        self.key = key
+        self.handler = handler
+        self.handler_conf: Any = None
+        self.is_async = _is_async(handler)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.waker: asyncio.Future[None] | None = None
+        self.gen = 0
+
+
+def _is_async(handler: Handler) -> bool:
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
+    )
+
+
+class Runtime:
+    """An isolated queue registry (Kong's per-worker scope) with the whole public API as methods.
+
+    ``clock`` is the monotonic clock time decisions use (inject a fake one in tests).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, *,
+                 max_handler_threads: int = 32) -> None:
+        self.clock = clock
+        self.warning_throttle = WarningThrottle(clock)
+        self._threads = HandlerThreads(max_handler_threads)
+        self._init_state()
+        _RUNTIMES.add(self)
+
+    def _init_state(self) -> None:
+        self._lock = threading.Lock()
+        self._queues: dict[Key, _Queue] = {}
+        self._singles: set[_Queue] = set()  # concurrency_limit = -1 deliveries in progress
+        self._counters: dict[Key, Counters] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._bg_thread: threading.Thread | None = None
+        self._exiting = False
+        self._pid = os.getpid()
+
+    # ================================================================ producer API
+
+    def enqueue(self, conf: QueueConfig | Mapping[str, Any], handler: Handler,
+                handler_conf: Any, value: Any) -> bool:
+        """Queue ``value`` for ``handler``; True if queued, False if rejected (reason logged)."""
+        if type(conf) is QueueConfig:
+            name = conf.name
+        elif isinstance(conf, Mapping):
+            name = conf.get("name")  # type: ignore[assignment]
+            if not isinstance(name, str):
+                raise TypeError("queue config must include a name (string)")
+        else:
+            raise TypeError(f"conf must be a QueueConfig or a dict, not {type(conf).__name__}")
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+        ws = _workspace.get()
+        key: Key = name if ws is None else (ws, name)
+        wake = None
+        with self._lock:
+            q = self._queues.get(key)
+            if q is None:
+                qc = as_config(conf)
+                if qc.concurrency_limit == -1:
+                    return self._deliver_single(qc, key, handler, handler_conf, value)
+                q = self._create(qc, key, handler)
+            q.handler_conf = handler_conf
+            result = q.offer(value)
+            if result == QUEUED_WAKE:
+                wake = q.waker
+                q.waker = None
+        if wake is not None:
+            self._wake(wake)
+        return result != REJECTED
+
+    def can_enqueue(self, conf: QueueConfig | Mapping[str, Any], value: Any = None) -> bool:
+        """Kong's Queue.can_enqueue: True for a queue that does not exist yet."""
+        q = self._queues.get(self._key_of(conf))
+        if q is None:
+            return True
+        with self._lock:
+            return q.can_enqueue(value)
+
+    def is_full(self, conf: QueueConfig | Mapping[str, Any]) -> bool:
+        """Kong's Queue.is_full: False for a queue that does not exist."""
+        q = self._queues.get(self._key_of(conf))
+        if q is None:
+            return False
+        with self._lock:
+            return q.is_full()
+
+    def exists(self, name: str) -> bool:
+        """Kong's Queue.exists: a queue of that name is registered in the current workspace."""
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a string, not {type(name).__name__}")
+        return _key(name, _workspace.get()) in self._queues
+
+    def stats(self) -> dict[str, QueueStats]:
+        """A frozen snapshot of every queue this runtime has seen, by name (``ws.name`` in a
+        workspace)."""
+        with self._lock:
+            in_flight: dict[Key, int] = {}
+            for s in self._singles:
+                in_flight[s.key] = in_flight.get(s.key, 0) + s.in_flight + len(s.entries)
+            out = {}
+            for key, c in self._counters.items():
+                q = self._queues.get(key)
+                out[_label(key)] = snapshot(
+                    c,
+                    exists=q is not None,
+                    depth=len(q.entries) if q else 0,
+                    nbytes=q.bytes if q else 0,
+                    in_flight=(q.in_flight if q else 0) + in_flight.get(key, 0),
+                )
+            return out
+
+    def _key_of(self, conf: QueueConfig | Mapping[str, Any]) -> Key:
+        if isinstance(conf, QueueConfig):
+            name = conf.name
+        elif isinstance(conf, Mapping) and isinstance(conf.get("name"), str):
+            name = conf["name"]
+        else:
+            raise TypeError("conf must be a QueueConfig or a dict with a name")
+        return _key(name, _workspace.get())
+
+    # ================================================================ queue creation
+
+    def _counters_for(self, key: Key, name: str) -> Counters:
+        c = self._counters.get(key)
+        if c is None:
+            c = self._counters[key] = Counters(name, key[0] if isinstance(key, tuple) else None)
+        return c
+
+    def _create(self, conf: QueueConfig, key: Key, handler: Handler) -> _Queue:
+        # Called with the lock held.
+        if os.getpid() != self._pid:  # forked without the at-fork hook (uWSGI may skip it)
+            self._after_fork()
+        q = _Queue(conf, key, self._counters_for(key, conf.name), handler, self.clock)
+        self._queues[key] = q
+        q.qlog(m.TRACE, m.QUEUE_CREATED)
+        self._start_consumer(q)
+        return q
+
+    def _deliver_single(self, conf: QueueConfig, key: Key, handler: Handler,
+                        handler_conf: Any, value: Any) -> bool:
+        """concurrency_limit = -1: no queue, one delivery task per entry (retries still apply)."""
+        q = _Queue(conf.replace(max_batch_size=1, max_coalescing_delay=0.0), key,
+                   self._counters_for(key, conf.name), handler, self.clock)
+        q.handler_conf = handler_conf
+        q.qlog(m.TRACE, m.QUEUE_CREATED)
+        if q.offer(value) == REJECTED:
+            return False
+        self._singles.add(q)
+        self._start_consumer(q)
+        return True
+
+    def _start_consumer(self, q: _Queue) -> None:
+        # Called with the lock held; schedules, never runs the consumer inline.
+        loop = self._bind_loop()
+        q.loop = loop
+        gen = q.gen
+        if self._in_loop_thread(loop):
+            self._spawn(q, gen)
+        else:
+            loop.call_soon_threadsafe(self._spawn, q, gen)
+
+    def _spawn(self, q: _Queue, gen: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._consume(q, gen))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _in_loop_thread(self, loop: asyncio.AbstractEventLoop) -> bool:
+        return self._loop_thread == threading.get_ident() and loop.is_running()
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop consumers run on: the current one if alive, else the caller's running loop,
+        else a background loop thread. Rebinding moves every queue to the new loop."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed() and loop.is_running():
+            return loop
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None:
+            self._loop, self._loop_thread = running, threading.get_ident()
+        else:
+            self._start_background_loop()
+        assert self._loop is not None
+        if loop is not None and loop is not self._loop:
+            self._move_queues()
+        return self._loop
+
+    def _start_background_loop(self) -> None:
+        loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(started.set)
+            loop.run_forever()
+
+        thread = threading.Thread(target=run, name="relayq-loop", daemon=True)
+        thread.start()
+        started.wait()
+        self._loop, self._loop_thread, self._bg_thread = loop, thread.ident, thread
+
+    def _move_queues(self) -> None:
+        # The previous loop is gone (closed or stopped): its consumer tasks will never run again.
+        # Restart every queue's consumer on the new loop; a batch caught mid-delivery is resent.
+        self._tasks = set()
+        for q in [*self._queues.values(), *self._singles]:
+            q.gen += 1
+            q.waker = None
+            q.waiting = False
+            q.redeliver()
+            self._start_consumer(q)
+
+    # ================================================================ consumer
+
+    async def _consume(self, q: _Queue, gen: int) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            waker: asyncio.Future[None] | None = None
+            with self._lock:
+                if q.gen != gen:
+                    return
+                action = q.next_action(self.clock(), self._exiting)
+                if action.kind == DONE:
+                    self._remove(q)
+                    return
+                if action.kind == WAIT:
+                    waker = q.waker = loop.create_future()
+            if waker is not None:
+                handle = loop.call_later(action.delay, _resolve, waker)
+                try:
+                    await waker
+                finally:
+                    handle.cancel()
+            elif action.kind == SLEEP:
+                await asyncio.sleep(action.delay)
+            elif action.kind == DELIVER:
+                assert action.batch is not None
+                error, ok = await self._call(q, action.batch)
+                with self._lock:
+                    if q.gen != gen:
+                        return
+                    q.on_result(self.clock(), error, ok=ok)
+
+    def _remove(self, q: _Queue) -> None:
+        # Called with the lock held.
+        if q in self._singles:
+            self._singles.discard(q)
+        elif self._queues.get(q.key) is q:
+            del self._queues[q.key]
+            q.qlog.flush()
+            q.qlog(m.TRACE, m.DONE_PROCESSING)
+
+    async def _call(self, q: _Queue, batch: list[Any]) -> tuple[str | None, bool]:
+        """One handler attempt: (error text or None, success). Never raises (but cancellation)."""
+        handler_conf = q.handler_conf  # the latest enqueuer's, re-read on every attempt
+        timeout = q.conf.handler_timeout
+        start = time.perf_counter()
+        try:
+            if q.is_async:
+                result = await asyncio.wait_for(q.handler(handler_conf, batch), timeout)
+            else:
+                handler = q.handler
+                fut = self._threads.run(lambda: handler(handler_conf, batch))
+                result = await asyncio.wait_for(fut, timeout)
+                if inspect.isawaitable(result):
+                    result = await asyncio.wait_for(result, timeout)
+        except TimeoutError:
+            return m.HANDLER_TIMEOUT % timeout, False
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return str(exc) or type(exc).__name__, False
+        finally:
+            q.counters.observe_handler(time.perf_counter() - start)
+        if result is True:
+            return None, True
+        if isinstance(result, tuple) and len(result) >= 2 and result[1]:
+            return str(result[1]), False
+        return None, False
+
+    def _wake(self, waker: asyncio.Future[None]) -> None:
+        loop = waker.get_loop()
+        if self._loop_thread == threading.get_ident():
+            _resolve(waker)
+        else:
+            with contextlib.suppress(RuntimeError):  # loop closed: its consumer is gone
+                loop.call_soon_threadsafe(_resolve, waker)
+
+    # ================================================================ draining and shutdown
+
+    def _pending(self) -> bool:
+        return any(not q.idle for q in (*self._queues.values(), *self._singles))
+
+    async def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every queue is empty and no delivery is in progress; True if it happened
+        within ``timeout``. Does not stop anything or shorten coalescing."""
+        return bool(await self._on_loop(self._drain_here(timeout)))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """``drain`` for synchronous code (not from the runtime's own loop thread)."""
+        return bool(self._run_sync(self._drain_here(timeout), timeout, default=True))
+
+    async def _drain_here(self, timeout: float | None) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            tasks = [t for t in self._tasks if not t.done()]
+            if not tasks:
+                return not self._pending()
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return False
+            await asyncio.wait(tasks, timeout=remaining)
+
+    async def aclose(self, timeout: float | None = None) -> int:
+        """Flush every queue with best-effort batching (coalescing cut to 0.05 s) until
+        ``timeout`` (None: until every queue is delivered or given up); then give up on the
+        rest. Returns, and logs, how many entries were not delivered."""
+        return int(await self._on_loop(self._close_here(timeout)))
+
+    def shutdown(self, timeout: float | None = None) -> int:
+        """``aclose`` for synchronous code; must not be called from the runtime's loop thread."""
+        return int(self._run_sync(self._close_here(timeout), None, default=0))
+
+    async def _close_here(self, timeout: float | None) -> int:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        with self._lock:
+            lost_before = self._total_dropped()
+            self._exiting = True
+            wakers = [q.waker for q in self._queues.values() if q.waker is not None]
+            for q in self._queues.values():
+                q.waker = None
+        for w in wakers:
+            _resolve(w)
+        try:
+            while True:
+                tasks = [t for t in self._tasks if not t.done()]
+                if not tasks:
+                    break
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    for t in tasks:
+                        t.cancel()
+                    await asyncio.wait(tasks, timeout=1.0)
+                    break
+                await asyncio.wait(tasks, timeout=remaining)
+            with self._lock:
+                abandoned = 0
+                for q in [*self._queues.values(), *self._singles]:
+                    abandoned += q.abandon("shutdown")
+                    q.gen += 1
+                self._queues.clear()
+                self._singles.clear()
+                lost = self._total_dropped() - lost_before
+        finally:
+            self._exiting = False
+        if abandoned:
+            log.error(m.SHUTDOWN_LOST, abandoned)
+        if lost:
+            log.warning("shutdown: %d queue entries were not delivered", lost)
+        return lost
+
+    def _total_dropped(self) -> int:
+        return sum(sum(c.dropped.values()) for c in self._counters.values())
+
+    async def _on_loop(self, coro: Any) -> Any:
+        """Run ``coro`` on the runtime's loop and await it from the caller's loop."""
+        running = asyncio.get_running_loop()
+        with self._lock:
+            loop = self._loop
+            alive = loop is not None and not loop.is_closed() and loop.is_running()
+            if not alive or loop is running:
+                if loop is not running:
+                    self._loop, self._loop_thread = running, threading.get_ident()
+                    if loop is not None:
+                        self._move_queues()
+                loop = None
+        if loop is None:
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+
+    def _run_sync(self, coro: Any, timeout: float | None, *, default: Any) -> Any:
+        with self._lock:
+            loop = self._loop
+            if loop is not None and self._in_loop_thread(loop):
+                coro.close()
+                raise RuntimeError(
+                    "this call would block the event loop the queues run on; "
+                    "use 'await runtime.aclose()' or 'await runtime.drain()' instead"
+                )
+            alive = loop is not None and not loop.is_closed() and loop.is_running()
+            if not alive:
+                if not self._pending():
+                    coro.close()
+                    return default
+                self._start_background_loop()
+                self._move_queues()
+            loop = self._loop
+            assert loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+    # ================================================================ fork
+
+    def _after_fork(self) -> None:
+        """In a forked child: start clean; the parent's entries are the parent's to send."""
+        self._threads.reset()
+        self.warning_throttle.reset()
+        self._init_state()
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+_RUNTIMES: weakref.WeakSet[Runtime] = weakref.WeakSet()
+
+
+def _reset_all_after_fork() -> None:
+    for rt in list(_RUNTIMES):
+        rt._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_all_after_fork)
+
+_default: Runtime | None = None
+_default_lock = threading.Lock()
+
+
+def default_runtime() -> Runtime:
+    """The process-wide runtime behind ``relayq.enqueue`` and friends."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = Runtime()
+    return _default
+
+
+def _atexit_flush() -> None:
+    rt = _default
+    if rt is None or not rt._pending():
+        return
+    try:
+        rt.shutdown(ATEXIT_TIMEOUT)
+    except RuntimeError as exc:  # e.g. called from inside a still-running loop
+        log.error("relayq: could not flush queues at exit: %s", exc)
+
+
+atexit.register(_atexit_flush)
