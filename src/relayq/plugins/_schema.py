@@ -422,6 +422,7 @@ def _queue_subfield(spec: Any) -> Field:
     return Field(
         type=kind,
         default=spec.default,
+        required=not spec.nullable,
         one_of=choices,
         between=between,
         check=check,
@@ -433,7 +434,7 @@ def _check_queue(record: Mapping[str, Any]) -> str | None:
     from relayq.queue import validate_queue_record
 
     try:
-        validate_queue_record(record)
+        validate_queue_record(record, allow_extra=True)
     except (TypeError, ValueError) as exc:
         return str(exc)
     return None
@@ -443,11 +444,13 @@ def queue_record(default: Any = NO_DEFAULT) -> Field:
     """The shared ``queue`` record (Kong's ``typedefs.queue``) built from the engine's table.
 
     ``default`` is the record default used only when the whole record is absent (OpenTelemetry
-    passes ``{"max_batch_size": 200}``); a partial record gets each field's own default.
+    passes ``{"max_batch_size": 200}``); a partial record gets each field's own default. Besides
+    Kong's eight fields the record accepts relayq's extras (``handler_timeout``).
     """
-    from relayq.queue import QUEUE_FIELDS
+    from relayq.queue import EXTRA_FIELDS, QUEUE_FIELDS
 
-    fields = tuple((spec.name, _queue_subfield(spec)) for spec in QUEUE_FIELDS)
+    specs = (*QUEUE_FIELDS, *EXTRA_FIELDS)
+    fields = tuple((spec.name, _queue_subfield(spec)) for spec in specs)
     return Field(
         type="record",
         fields=fields,
