@@ -224,6 +224,8 @@ class QueueCore:
             return _DONE_ACTION
         if exiting and self._delay > COALESCE_MIN_TIME:
             self._delay = COALESCE_MIN_TIME  # best-effort batching during shutdown, for good
+        if self._delay < COALESCE_MIN_TIME:
+            return self._take_batch(now, 1)  # Kong never coalesces below 0.05 s: one per batch
         if len(self.entries) < self._batch_size:
             elapsed = max(now - self._coalesce_started, self._coalesce_waited)
             remaining = self._delay - elapsed
@@ -234,9 +236,9 @@ class QueueCore:
                 return Action(WAIT, wait)
         return self._take_batch(now)
 
-    def _take_batch(self, now: float) -> Action:
+    def _take_batch(self, now: float, limit: int | None = None) -> Action:
         entries = self.entries
-        n = min(len(entries), self._batch_size)
+        n = min(len(entries), limit or self._batch_size)
         batch = [entries.popleft() for _ in range(n)]
         if self._bytes_limit is not None:
             self.bytes -= sum(entry_size(v) or 0 for v in batch)
