@@ -1,0 +1,5 @@
+"""``python -m relayq``: the same as the ``relayq`` command."""
+
+from relayq.cli import main
+
+raise SystemExit(main())

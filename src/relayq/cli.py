@@ -1,0 +1,620 @@
+"""The ``relayq`` command: serve a declarative config, check and migrate it, read queue status.
+
+Exit codes: 0 success; 1 the operation failed (invalid config, unreachable listener, gateway
+error); 2 bad command-line usage. Colour is used only when stdout is a terminal and
+``NO_COLOR`` is unset, so piped output stays plain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import io
+import itertools
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from relayq.status import check_loopback, parse_address
+
+DEFAULT_LISTEN = "127.0.0.1:8000"
+DEFAULT_STATUS_URL = "http://127.0.0.1:8007"  # Kong's default status_listen port
+DEFAULT_SHUTDOWN_TIMEOUT = 10.0
+
+# The plugins whose configs carry Kong's queue record (and possibly its legacy fields).
+QUEUE_PLUGINS = frozenset({"http-log", "statsd", "datadog", "opentelemetry", "zipkin"})
+# Record defaults that differ from the field defaults: a queue record created by the migration
+# must spell them out, or the partial record would fall back to the field default (Kong's rule).
+RECORD_DEFAULTS: dict[str, dict[str, int]] = {"opentelemetry": {"max_batch_size": 200}}
+
+
+class CliError(Exception):
+    """A failure to report as ``relayq <command>: <message>`` with exit code 1."""
+
+
+# --- output -------------------------------------------------------------------------------
+
+
+class Style:
+    """ANSI colours, only when writing to a terminal."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.enabled = stream.isatty() and not os.environ.get("NO_COLOR")
+
+    def __call__(self, text: str, code: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if self.enabled else text
+
+    def red(self, text: str) -> str:
+        return self(text, "31")
+
+    def green(self, text: str) -> str:
+        return self(text, "32")
+
+    def yellow(self, text: str) -> str:
+        return self(text, "33")
+
+    def bold(self, text: str) -> str:
+        return self(text, "1")
+
+
+# --- serve ------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the gateway; its exit code becomes ours."""
+    try:
+        parse_address(args.listen)
+        if args.status_listen:
+            host, _ = parse_address(args.status_listen)
+            check_loopback(host)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if args.config is not None and not Path(args.config).is_file():
+        raise CliError(f"config file not found: {args.config}")
+    from relayq.gateway import run
+
+    return int(
+        run(args.config, args.listen, args.workers, args.shutdown_timeout, args.status_listen)
+    )
+
+
+# --- config validate ----------------------------------------------------------------------
+
+
+def validation_errors(path: str) -> list[str]:
+    """Every problem the gateway's declarative loader finds in ``path`` (empty when valid)."""
+    from relayq import gateway
+
+    try:
+        gateway.load_config(path)
+    except OSError as exc:
+        return [f"cannot read {path}: {exc.strerror or exc}"]
+    except Exception as exc:
+        errors = getattr(exc, "errors", None)
+        if isinstance(errors, list) and errors:
+            return [str(e) for e in errors]
+        raise
+    return []
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check each file; print every error, not just the first."""
+    style = Style(sys.stdout)
+    failed = 0
+    for path in args.files:
+        errors = validation_errors(path)
+        if errors:
+            failed += 1
+            for error in errors:
+                print(f"{path}: {style.red('error')}: {error}")
+            print(f"{path}: {len(errors)} error{'s' if len(errors) != 1 else ''}")
+        else:
+            print(f"{path}: {style.green('valid')}")
+    return 1 if failed else 0
+
+
+# --- config migrate -----------------------------------------------------------------------
+
+
+@dataclass
+class Migration:
+    """The outcome of migrating one document: the notes explain every change."""
+
+    notes: list[str] = field(default_factory=list)
+    changed: bool = False
+
+
+def _yaml(text: str) -> Any:
+    from ruamel.yaml import YAML
+
+    yaml = YAML()  # round-trip: keeps comments, key order, quotes and flow style
+    yaml.preserve_quotes = True
+    yaml.width = 4096  # never re-wrap long lines (they would show up in the diff)
+    mapping, sequence, offset = guess_indent(text)
+    yaml.indent(mapping=mapping, sequence=sequence, offset=offset)
+    return yaml
+
+
+def guess_indent(text: str) -> tuple[int, int, int]:
+    """The (mapping, sequence, offset) indentation most used in ``text``, for ruamel.yaml.
+
+    Re-indenting a whole file would bury the real change in the diff, so the dump mimics the
+    file's own style (``plugins:`` then ``- name`` at the same column, or indented).
+    """
+    lines = [
+        (len(line) - len(line.lstrip(" ")), line.strip())
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    maps: dict[int, int] = {}
+    offsets: dict[int, int] = {}
+    for (col, content), (next_col, next_content) in itertools.pairwise(lines):
+        if not content.split(" #")[0].rstrip().endswith(":"):
+            continue
+        key_col = col + 2 if content.startswith("- ") else col
+        step = next_col - key_col
+        if next_content.startswith("- ") and step >= 0:
+            offsets[step] = offsets.get(step, 0) + 1
+        elif step > 0:
+            maps[step] = maps.get(step, 0) + 1
+    mapping = max(maps, key=lambda k: maps[k]) if maps else 2
+    offset = max(offsets, key=lambda k: offsets[k]) if offsets else 0
+    return mapping, max(offset + 2, mapping), offset
+
+
+def migrate_text(text: str) -> tuple[str, Migration]:
+    """Rewrite legacy queue parameters in a declarative config; return the new text and notes."""
+    yaml = _yaml(text)
+    try:
+        document = yaml.load(text)
+    except Exception as exc:
+        raise CliError(f"not valid YAML: {exc}") from None
+    result = Migration()
+    for where, plugin in _queue_plugins(document, ""):
+        _migrate_plugin(where, plugin, result)
+    if not result.changed:
+        return text, result
+    out = io.StringIO()
+    yaml.dump(document, out)
+    return out.getvalue(), result
+
+
+def _queue_plugins(node: Any, where: str) -> Iterator[tuple[str, Any]]:
+    """Every queue plugin object in the document, at any level (global, service, route, ...)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            path = f"{where}.{key}" if where else str(key)
+            if key == "plugins" and isinstance(value, list):
+                for index, item in enumerate(value):
+                    if isinstance(item, dict) and item.get("name") in QUEUE_PLUGINS:
+                        yield f"{path}[{index}]", item
+                    else:
+                        yield from _queue_plugins(item, f"{path}[{index}]")
+            else:
+                yield from _queue_plugins(value, path)
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _queue_plugins(item, f"{where}[{index}]")
+
+
+def _migrate_plugin(where: str, plugin: Any, result: Migration) -> None:
+    from relayq.queue import LEGACY_RULES
+
+    config = plugin.get("config")
+    if not isinstance(config, dict):
+        return
+    name = plugin["name"]
+    label = f"{where} ({name})"
+    present = [rule for rule in LEGACY_RULES if rule.field in config]
+    if not present:
+        return
+    keys = list(config)
+    position = min(keys.index(rule.field) for rule in present)
+    targets: dict[str, Any] = {}
+    for rule in present:
+        value = config[rule.field]
+        if value is None or (not isinstance(value, bool) and value == rule.old_default):
+            result.notes.append(
+                f"{label}: config.{rule.field} = {value} is the old default, which means "
+                "unset: removed"
+            )
+        elif rule.target is None:
+            result.notes.append(
+                f"{label}: config.{rule.field} = {value} has no equivalent and never worked "
+                "since Kong 3.3: removed; retries are bounded by config.queue.max_retry_time "
+                "(with config.queue.initial_retry_delay)"
+            )
+        else:
+            if rule.target in targets:
+                result.notes.append(
+                    f"{label}: config.{rule.field} overrides the value taken from an earlier "
+                    f"legacy field for config.queue.{rule.target}, as Kong applies them in order"
+                )
+            targets[rule.target] = value
+            result.notes.append(
+                f"{label}: config.{rule.field} = {value} -> config.queue.{rule.target}"
+            )
+    # In document order, so the comments they carried stay in order.
+    orphans = "".join(
+        _delete_returning_comments(config, field)
+        for field in sorted((rule.field for rule in present), key=keys.index)
+    )
+    result.changed = True
+    anchor = _set_queue_fields(config, name, targets, position, label, result) if targets else None
+    if orphans:
+        _attach_comments(config, anchor, position, orphans)
+
+
+def _set_queue_fields(
+    config: Any,
+    plugin_name: str,
+    targets: dict[str, Any],
+    position: int,
+    label: str,
+    result: Migration,
+) -> str | None:
+    """Write the converted values into ``config.queue``; return ``"queue"`` if the record was
+    inserted where the legacy fields were (the comments after them then follow it)."""
+    from ruamel.yaml.comments import CommentedMap
+
+    queue = config.get("queue")
+    if isinstance(queue, dict):
+        for key, value in targets.items():
+            old = queue.get(key)
+            if key in queue and old != value:
+                result.notes.append(
+                    f"{label}: config.queue.{key} was {old}; the legacy value {value} replaces "
+                    "it because Kong lets the legacy field win"
+                )
+            queue[key] = value
+        return None
+    record = CommentedMap()
+    for key, value in RECORD_DEFAULTS.get(plugin_name, {}).items():
+        if key not in targets:
+            record[key] = value
+            result.notes.append(
+                f"{label}: config.queue.{key} = {value} added: it is this plugin's default "
+                "only while the whole queue record is absent"
+            )
+    record.update(targets)
+    if "queue" in config:  # present but null
+        config["queue"] = record
+        return None
+    config.insert(min(position, len(config)), "queue", record)
+    return "queue"
+
+
+def _delete_returning_comments(mapping: Any, key: str) -> str:
+    """Delete ``key`` from a round-trip mapping; return the full-line comments after it.
+
+    ruamel.yaml attaches the comment lines below a key to that key, so deleting it would also
+    delete the comments describing the next key; the caller re-attaches them. The key's own
+    end-of-line comment goes with it.
+    """
+    slot = mapping.ca.items.pop(key, None)
+    del mapping[key]
+    token = slot[2] if slot and len(slot) > 2 else None
+    if token is None:
+        return ""
+    following = str(token.value).partition("\n")[2]
+    return following if following.strip() else ""
+
+
+def _attach_comments(config: Any, anchor: str | None, position: int, comments: str) -> None:
+    """Put comment lines back where the deleted keys were: after ``anchor`` (the new queue
+    record) or after the key before ``position``."""
+    from ruamel.yaml.error import CommentMark
+    from ruamel.yaml.tokens import CommentToken
+
+    keys = list(config)
+    if anchor is None:
+        if position == 0:
+            config.yaml_set_start_comment(
+                "\n".join(line.strip().lstrip("#").strip() for line in comments.splitlines())
+            )
+            return
+        anchor = keys[min(position, len(keys)) - 1]
+    owner, owner_key = config, anchor
+    while isinstance(owner[owner_key], dict) and len(owner[owner_key]):
+        owner = owner[owner_key]
+        owner_key = list(owner)[-1]
+    existing = owner.ca.items.get(owner_key)
+    if existing and len(existing) > 2 and existing[2] is not None:
+        existing[2].value = str(existing[2].value) + comments
+    else:
+        owner.ca.items[owner_key] = [
+            None,
+            None,
+            CommentToken("\n" + comments, CommentMark(0)),
+            None,
+        ]
+
+
+def _diff_lines(before: str, after: str, path: str, style: Style) -> Iterator[str]:
+    for line in difflib.unified_diff(
+        before.splitlines(keepends=True),
+        after.splitlines(keepends=True),
+        fromfile=path,
+        tofile=f"{path} (migrated)",
+    ):
+        text = line if line.endswith("\n") else line + "\n"
+        if line.startswith(("+++", "---")):
+            yield style.bold(text.rstrip("\n")) + "\n"
+        elif line.startswith("+"):
+            yield style.green(text.rstrip("\n")) + "\n"
+        elif line.startswith("-"):
+            yield style.red(text.rstrip("\n")) + "\n"
+        else:
+            yield text
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Print the migration as a unified diff (and write it with ``--write``)."""
+    path = Path(args.file)
+    try:
+        before = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
+    after, migration = migrate_text(before)
+    for note in migration.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if not migration.changed:
+        print(f"{path}: no legacy queue parameters to migrate", file=sys.stderr)
+        return 0
+    sys.stdout.writelines(_diff_lines(before, after, str(path), Style(sys.stdout)))
+    if args.write:
+        _write_atomically(path, after)
+        print(f"{path}: written", file=sys.stderr)
+    return 0
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` in one step, keeping its permissions, so a crash never truncates it."""
+    mode = path.stat().st_mode & 0o7777
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- status -------------------------------------------------------------------------------
+
+
+def fetch_status(url: str, timeout: float = 5.0) -> dict[str, Any]:
+    """GET ``<url>/status`` from a status listener."""
+    import httpx
+
+    target = url.rstrip("/") + "/status"
+    try:
+        response = httpx.get(target, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise CliError(
+            f"cannot reach the status listener at {url}: {exc or type(exc).__name__} "
+            "(start the gateway with --status-listen, or pass --url)"
+        ) from None
+    if response.status_code != 200:
+        raise CliError(f"{target} answered HTTP {response.status_code}")
+    try:
+        document = response.json()
+    except ValueError:
+        raise CliError(f"{target} did not return JSON; is this a relayq status listener?") from None
+    if not isinstance(document, dict) or not isinstance(document.get("workers"), list):
+        raise CliError(f"{target} returned an unexpected document (no 'workers' list)")
+    return document
+
+
+COLUMNS = (
+    "PID",
+    "QUEUE",
+    "DEPTH",
+    "BYTES",
+    "IN_FLIGHT",
+    "SENT",
+    "RETRIES",
+    "DROPPED",
+    "LAST_ERROR",
+)
+
+
+def status_rows(document: dict[str, Any]) -> list[list[str]]:
+    """One row per (worker, queue), as strings in ``COLUMNS`` order."""
+    from relayq.status import queue_table
+
+    rows = []
+    for q in queue_table(document["workers"]):
+        dropped = {k: v for k, v in (q.get("dropped") or {}).items() if v}
+        detail = ",".join(f"{k}={v}" for k, v in sorted(dropped.items()))
+        total = sum(dropped.values())
+        rows.append(
+            [
+                str(q.get("pid", "")),
+                str(q.get("queue", "")),
+                str(q.get("depth", 0)),
+                str(q.get("bytes", 0)),
+                str(q.get("in_flight", 0)),
+                str(q.get("sent", 0)),
+                str(q.get("retries", 0)),
+                f"{total} ({detail})" if total else "0",
+                str(q.get("last_error") or "-"),
+            ]
+        )
+    return rows
+
+
+def format_table(rows: list[list[str]], style: Style, max_error: int = 60) -> str:
+    """Aligned columns; long errors are cut so a row stays on one line."""
+    cut = [[*row[:-1], _shorten(row[-1], max_error)] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cut)) for i, h in enumerate(COLUMNS)]
+    out = ["  ".join(style.bold(h.ljust(w)) for h, w in zip(COLUMNS, widths, strict=True))]
+    for row in cut:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+        if row[7] != "0":
+            cells[7] = style.red(cells[7])
+        if row[8] != "-":
+            cells[8] = style.yellow(cells[8])
+        out.append("  ".join(cells).rstrip())
+    return "\n".join(out)
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the queues of every worker behind a status listener."""
+    document = fetch_status(args.url, args.timeout)
+    if args.json:
+        print(json.dumps(document, indent=2))
+        return 0
+    style = Style(sys.stdout)
+    rows = status_rows(document)
+    workers = len(document["workers"])
+    if not rows:
+        print(f"{workers} worker{'s' if workers != 1 else ''}, no queues yet")
+        return 0
+    print(format_table(rows, style))
+    return 0
+
+
+# --- argument parsing ---------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _address(text: str) -> str:
+    try:
+        parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``relayq`` argument parser (exposed for documentation and tests)."""
+    from relayq import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="relayq",
+        description="Kong Gateway's plugin queues in Python: a gateway, its config tools "
+        "and queue status.",
+        epilog="exit codes: 0 success, 1 failure, 2 usage error",
+    )
+    parser.add_argument("--version", action="version", version=f"relayq {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser(
+        "serve", help="run the gateway", description="Run the Kong-style gateway."
+    )
+    serve.add_argument(
+        "--config",
+        metavar="FILE",
+        help="Kong DB-less declarative file (default: the built-in example)",
+    )
+    serve.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        type=_address,
+        default=DEFAULT_LISTEN,
+        help=f"proxy address (default: {DEFAULT_LISTEN})",
+    )
+    serve.add_argument(
+        "--workers",
+        metavar="N",
+        type=_positive_int,
+        default=1,
+        help="worker processes, each with its own queues (default: 1)",
+    )
+    serve.add_argument(
+        "--shutdown-timeout",
+        metavar="S",
+        type=_seconds,
+        default=DEFAULT_SHUTDOWN_TIMEOUT,
+        help=f"seconds to flush the queues on shutdown (default: {DEFAULT_SHUTDOWN_TIMEOUT:g})",
+    )
+    serve.add_argument(
+        "--status-listen",
+        metavar="HOST:PORT",
+        type=_address,
+        help="serve /status and /metrics on this loopback address (default: off)",
+    )
+    serve.set_defaults(handler=cmd_serve)
+
+    config = commands.add_parser("config", help="check or migrate a declarative config")
+    config_commands = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    validate = config_commands.add_parser(
+        "validate",
+        help="check a declarative file, printing every error",
+        description="Check declarative files; exit 1 if any has an error.",
+    )
+    validate.add_argument("files", nargs="+", metavar="FILE")
+    validate.set_defaults(handler=cmd_validate)
+    migrate = config_commands.add_parser(
+        "migrate",
+        help="move legacy queue parameters into the queue record",
+        description="Rewrite retry_count, queue_size, flush_timeout, batch_span_count and "
+        "batch_flush_delay with Kong's conversion rules; prints a unified diff, keeping "
+        "comments.",
+    )
+    migrate.add_argument("file", metavar="FILE")
+    migrate.add_argument("--write", action="store_true", help="also rewrite FILE in place")
+    migrate.set_defaults(handler=cmd_migrate)
+
+    status = commands.add_parser(
+        "status",
+        help="show the queues behind a status listener",
+        description="Read /status from a status listener and print one row per queue.",
+    )
+    status.add_argument(
+        "--url",
+        default=os.environ.get("RELAYQ_STATUS_URL", DEFAULT_STATUS_URL),
+        help=f"status listener URL (default: $RELAYQ_STATUS_URL or {DEFAULT_STATUS_URL})",
+    )
+    status.add_argument("--json", action="store_true", help="print the raw JSON document")
+    status.add_argument(
+        "--timeout", type=_seconds, default=5.0, help="seconds to wait (default: 5)"
+    )
+    status.set_defaults(handler=cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``relayq`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    command = " ".join(filter(None, [args.command, getattr(args, "config_command", None)]))
+    try:
+        return handler(args)
+    except CliError as exc:
+        print(f"relayq {command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
