@@ -31,9 +31,12 @@ from dataclasses import dataclass, field
 
 import httpx
 
+import relayq
+
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_KEEPALIVE = 60.0
 MAX_RESPONSE_BODY = 1 << 20  # bytes of a response body kept; the rest is discarded
+USER_AGENT = f"relayq/{relayq.__version__}"
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,7 @@ class HttpxSender(HttpSender):
             client = self._clients.get(loop)
             if client is None or client.is_closed:
                 client = httpx.AsyncClient(
+                    headers={"User-Agent": USER_AGENT},
                     verify=self.verify,
                     follow_redirects=False,
                     trust_env=False,

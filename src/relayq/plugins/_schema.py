@@ -240,12 +240,14 @@ def _show(value: Any) -> str:
 def _check(spec: Field, value: Any, path: str, errors: dict[str, str], deps: list[str]) -> Any:
     """Validate one present, non-``None`` value (recursively); returns the normalised value."""
     kind = spec.type
-    if kind == "record":
-        return _check_record(spec, value, path, errors, deps)
-    if kind in ("array", "set"):
-        return _check_array(spec, value, path, errors, deps)
-    if kind == "map":
-        return _check_map(spec, value, path, errors, deps)
+    if kind in _CONTAINERS:
+        before = len(errors)
+        result = _CONTAINERS[kind](spec, value, path, errors, deps)
+        if spec.check is not None and len(errors) == before:
+            problem = spec.check(result)
+            if problem is not None:
+                _add(errors, path, problem)
+        return result
 
     normalised = _check_scalar_type(kind, value)
     if normalised is _BAD:
@@ -506,3 +508,11 @@ def legacy_fields(plugin: str) -> dict[str, Field]:
             ),
         ),
     }
+
+
+_CONTAINERS: dict[str, Callable[[Field, Any, str, dict[str, str], list[str]], Any]] = {
+    "record": _check_record,
+    "array": _check_array,
+    "set": _check_array,
+    "map": _check_map,
+}
