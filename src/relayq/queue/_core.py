@@ -53,6 +53,8 @@ class Action(NamedTuple):
 
 _DONE_ACTION: Final = Action(DONE)
 
+FAST_PATH_MARGIN: Final = 64
+
 
 def entry_size(value: object) -> int | None:
     """Bytes a string entry occupies (UTF-8), or None for entries that are not strings."""
@@ -80,6 +82,7 @@ class QueueCore:
         "_coalesce_started",
         "_coalesce_waited",
         "_delay",
+        "_fast_default",
         "_first_attempt",
         "_log",
         "_max_entries",
@@ -94,6 +97,7 @@ class QueueCore:
         "counters",
         "dropped_since_resume",
         "entries",
+        "fast_limit",
         "waiting",
         "warned",
     )
@@ -107,9 +111,17 @@ class QueueCore:
         self.warned = False
         self.dropped_since_resume = False
         self.waiting = False  # consumer is coalescing and wants a wake-up on a full batch
+        # Below this depth an append needs none of offer()'s checks (no warning, no drop, no
+        # byte accounting); the runtime's lock-free fast path uses it. The margin keeps depth
+        # within max_entries even when that many producer threads race past the check.
         self.batch: list[Any] | None = None  # in flight (handled or between retries)
         self._max_entries = conf.max_entries
         self._warn_at = conf.max_entries * CAPACITY_WARNING_THRESHOLD
+        self._fast_default = (
+            0 if conf.max_bytes is not None
+            else max(0, int(self._warn_at) - FAST_PATH_MARGIN)
+        )
+        self.fast_limit = self._fast_default
         self._bytes_limit = conf.max_bytes
         self._batch_size = conf.max_batch_size
         self._delay = conf.max_coalescing_delay
@@ -135,11 +147,13 @@ class QueueCore:
             if not self.warned:
                 self._log(m.WARN, m.CAPACITY_WARNING, int(CAPACITY_WARNING_THRESHOLD * 100))
                 self.warned = True
+                self.fast_limit = 0  # the next offer below the threshold must re-arm
             if count >= self._max_entries:
                 self._log(m.ERR, m.QUEUE_FULL)
                 self._drop_oldest("capacity")
         elif self.warned:
             self.warned = False
+            self.fast_limit = self._fast_default
         limit = self._bytes_limit
         if limit is None:
             entries.append(value)
@@ -160,7 +174,6 @@ class QueueCore:
                 self._log(m.ERR, m.BYTES_EXCEEDED, dropped)
             entries.append(value)
             self.bytes += size
-        self.counters.enqueued += 1
         if self.waiting and len(entries) >= self._batch_size:
             self.waiting = False
             return QUEUED_WAKE
@@ -226,14 +239,17 @@ class QueueCore:
             self._delay = COALESCE_MIN_TIME  # best-effort batching during shutdown, for good
         if self._delay < COALESCE_MIN_TIME:
             return self._take_batch(now, 1)  # Kong never coalesces below 0.05 s: one per batch
-        if len(self.entries) < self._batch_size:
-            elapsed = max(now - self._coalesce_started, self._coalesce_waited)
-            remaining = self._delay - elapsed
-            if remaining >= COALESCE_MIN_TIME:
+        elapsed = max(now - self._coalesce_started, self._coalesce_waited)
+        remaining = self._delay - elapsed
+        if remaining >= COALESCE_MIN_TIME:
+            # Announce the wait before looking at the depth: a producer that appends without
+            # the lock looks at `waiting` after its append, so one of the two sees the other.
+            self.waiting = True
+            if len(self.entries) < self._batch_size:
                 wait = min(remaining, COALESCE_POLL_TIME)
                 self._coalesce_waited += wait
-                self.waiting = True
                 return Action(WAIT, wait)
+            self.waiting = False
         return self._take_batch(now)
 
     def _take_batch(self, now: float, limit: int | None = None) -> Action:

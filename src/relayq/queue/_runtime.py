@@ -112,7 +112,8 @@ class _QueueLog:
 class _Queue(QueueCore):
     """A registered queue: the core plus what the driver needs to run it."""
 
-    __slots__ = ("gen", "handler", "handler_conf", "is_async", "key", "loop", "qlog", "waker")
+    __slots__ = ("closed", "gen", "handler", "handler_conf", "is_async", "key", "loop", "qlog",
+                 "waker")
 
     def __init__(self, conf: QueueConfig, key: Key, counters: Counters, handler: Handler,
                  clock: Callable[[], float]) -> None:
@@ -126,6 +127,7 @@ class _Queue(QueueCore):
         self.loop: asyncio.AbstractEventLoop | None = None
         self.waker: asyncio.Future[None] | None = None
         self.gen = 0
+        self.closed = False  # removed from the registry; a late lock-free append is rescued
 
 
 def _is_async(handler: Handler) -> bool:
@@ -173,10 +175,26 @@ class Runtime:
                 raise TypeError("queue config must include a name (string)")
         else:
             raise TypeError(f"conf must be a QueueConfig or a dict, not {type(conf).__name__}")
-        if not callable(handler):
-            raise TypeError(f"handler must be callable, not {type(handler).__name__}")
         ws = _workspace.get()
         key: Key = name if ws is None else (ws, name)
+        q = self._queues.get(key)
+        if q is not None and value is not None:
+            # Fast path, no lock: far below capacity, no byte limit, so Kong's steps reduce to
+            # an append (deque.append is atomic). The consumer removes a drained queue by
+            # marking it closed *before* it checks for entries, and we look after appending.
+            entries = q.entries
+            if len(entries) < q.fast_limit:
+                q.handler_conf = handler_conf
+                entries.append(value)
+                if q.closed or (q.waiting and len(entries) >= q.conf.max_batch_size):
+                    self._settle_fast_path(q)
+                return True
+        return self._enqueue_locked(conf, key, handler, handler_conf, value)
+
+    def _enqueue_locked(self, conf: QueueConfig | Mapping[str, Any], key: Key,
+                        handler: Handler, handler_conf: Any, value: Any) -> bool:
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, not {type(handler).__name__}")
         wake = None
         with self._lock:
             q = self._queues.get(key)
@@ -193,6 +211,26 @@ class Runtime:
         if wake is not None:
             self._wake(wake)
         return result != REJECTED
+
+    def _settle_fast_path(self, q: _Queue) -> None:
+        """After a lock-free append: wake a consumer whose batch is now full, or rescue the
+        entries of a queue that was removed meanwhile (they go to the queue now registered)."""
+        wake = None
+        with self._lock:
+            if q.closed:
+                orphans = list(q.entries)
+                q.entries.clear()
+            else:
+                orphans = []
+                if q.waiting and len(q.entries) >= q.conf.max_batch_size and q.waker:
+                    q.waiting = False
+                    wake, q.waker = q.waker, None
+        if wake is not None:
+            self._wake(wake)
+        ws = q.key[0] if isinstance(q.key, tuple) else None
+        with workspace(ws):
+            for value in orphans:
+                self._enqueue_locked(q.conf, q.key, q.handler, q.handler_conf, value)
 
     def can_enqueue(self, conf: QueueConfig | Mapping[str, Any], value: Any = None) -> bool:
         """Kong's Queue.can_enqueue: True for a queue that does not exist yet."""
@@ -348,6 +386,10 @@ class Runtime:
                     return
                 action = q.next_action(self.clock(), self._exiting)
                 if action.kind == DONE:
+                    q.closed = True  # first close, then look: see enqueue's fast path
+                    if q.entries:
+                        q.closed = False
+                        continue
                     self._remove(q)
                     return
                 if action.kind == WAIT:
@@ -475,6 +517,7 @@ class Runtime:
             with self._lock:
                 abandoned = 0
                 for q in [*self._queues.values(), *self._singles]:
+                    q.closed = True
                     abandoned += q.abandon("shutdown")
                     q.gen += 1
                 self._queues.clear()

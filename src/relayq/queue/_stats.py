@@ -9,6 +9,9 @@ from types import MappingProxyType
 # Reasons an entry can be lost; every drop is counted under exactly one of them.
 DROP_REASONS = ("capacity", "bytes", "too_large", "retry_exhausted", "shutdown", "invalid")
 
+# Reasons that refuse an entry at enqueue time (it never entered the queue).
+REJECTIONS = frozenset({"too_large", "invalid"})
+
 # Upper bounds (seconds) of the handler-latency histogram exported by the status listener.
 HANDLER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -20,7 +23,6 @@ class Counters:
         "batches_sent",
         "bucket_counts",
         "dropped",
-        "enqueued",
         "entries_sent",
         "failures",
         "handler_calls",
@@ -34,7 +36,6 @@ class Counters:
     def __init__(self, name: str, workspace: str | None) -> None:
         self.name = name
         self.workspace = workspace
-        self.enqueued = 0
         self.batches_sent = 0
         self.entries_sent = 0
         self.retries = 0
@@ -70,7 +71,7 @@ class QueueStats:
     depth: int  # entries waiting, including a batch still coalescing
     bytes: int  # bytes of waiting string entries (counted when max_bytes is set)
     in_flight: int  # entries in the batch being handled or retried
-    enqueued: int
+    enqueued: int  # accepted entries: sent + waiting + in flight + lost after acceptance
     batches_sent: int
     entries_sent: int
     retries: int
@@ -104,7 +105,8 @@ def snapshot(
         depth=depth,
         bytes=nbytes,
         in_flight=in_flight,
-        enqueued=c.enqueued,
+        enqueued=c.entries_sent + depth + in_flight
+        + sum(n for reason, n in c.dropped.items() if reason not in REJECTIONS),
         batches_sent=c.batches_sent,
         entries_sent=c.entries_sent,
         retries=c.retries,
