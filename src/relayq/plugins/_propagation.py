@@ -22,13 +22,17 @@ a Datadog trace id of ``0`` is invalid.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote, unquote
 
+from relayq.plugins import _typedefs as t
+from relayq.plugins._schema import Field, record
 from relayq.serializer import RequestContext
 
 log = logging.getLogger("relayq.plugins.propagation")
@@ -174,6 +178,45 @@ def _tuple_or_none(value: Any) -> tuple[str, ...] | None:
     return tuple(value)
 
 
+def propagation_field(default_format: str) -> Field:
+    """Kong's ``propagation`` record; its default applies only when the record is absent.
+
+    A partial record must name ``default_format`` itself (Kong's rule for required fields in a
+    user-supplied record).
+    """
+    return record(
+        {
+            "extract": Field(
+                type="array",
+                default=None,
+                elements=Field(type="string", one_of=EXTRACT_FORMATS),
+                description="Header formats used to extract tracing context from incoming "
+                "requests; the first one found is used. Empty: no extraction.",
+            ),
+            "clear": Field(
+                type="array",
+                default=None,
+                elements=t.header_name(),
+                description="Header names to clear after context extraction.",
+            ),
+            "inject": Field(
+                type="array",
+                default=None,
+                elements=Field(type="string", one_of=INJECT_FORMATS),
+                description="Header formats used to inject tracing context; `preserve` uses the "
+                "incoming format. Empty: no injection.",
+            ),
+            "default_format": Field(
+                type="string",
+                required=True,
+                one_of=FORMATS,
+                description="The format `preserve` injects when no incoming format was found.",
+            ),
+        },
+        default={"default_format": default_format},
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # ids and sampling
 
@@ -222,6 +265,18 @@ def sampling_decision(parent_sampled: bool | None, trace_id: bytes, rate: float)
     if parent_sampled is False:
         return False
     return trace_id_sampled(trace_id, rate)
+
+
+_node_id = os.environ.get("RELAYQ_NODE_ID") or str(uuid.uuid4())
+
+
+def node_id() -> str:
+    """The node id tracing data reports (Kong's ``kong.node.get_id()``).
+
+    ``RELAYQ_NODE_ID`` if set, else a random UUID chosen once per process tree: forked workers
+    share it, as Kong's workers share their node's id.
+    """
+    return _node_id
 
 
 # --------------------------------------------------------------------------------------------
