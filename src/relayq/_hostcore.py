@@ -72,9 +72,10 @@ def build_plugins(items: Iterable[Mapping[str, Any]], *, runtime: Any = None) ->
             errors.append(f"{where}: must be an object with 'name' and 'config'")
             continue
         item_errors = _check_item(where, item)
-        if item_errors:
-            errors.extend(item_errors)
-            continue
+        errors.extend(item_errors)
+        name, config = item.get("name"), item.get("config") or {}
+        if not name or not isinstance(name, str) or not isinstance(config, Mapping):
+            continue  # nothing to validate the config against
         if item.get("enabled", True) is False:
             continue
         plugin_id = str(item.get("id") or _derived_id(index, item))
@@ -84,8 +85,8 @@ def build_plugins(items: Iterable[Mapping[str, Any]], *, runtime: Any = None) ->
         seen_ids.add(plugin_id)
         try:
             plugin = create_plugin(
-                item["name"],
-                item.get("config") or {},
+                name,
+                config,
                 plugin_id=plugin_id,
                 instance_name=item.get("instance_name"),
                 runtime=runtime,

@@ -7,6 +7,11 @@ chunk was handed to the server, scheduled on the loop rather than awaited, so a 
 log server never delays a response. On lifespan shutdown the middleware flushes the queues
 within a deadline, so entries still coalescing are delivered before the process exits.
 
+Sizes are counted as the middleware sees them: ``request.size`` is the request line, the
+client's headers and the body; ``response.size`` the status line, the headers the app and the
+plugins set, and the body. Headers a server adds on its own (``date``, ``server``) are invisible
+to middleware and not counted.
+
 Usage::
 
     app = RelayqMiddleware(app, plugins=[{"name": "http-log",
