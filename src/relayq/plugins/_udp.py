@@ -54,10 +54,10 @@ async def open_udp(host: str, port: int) -> socket.socket:
 
 
 async def send_datagrams(
-    sock: socket.socket, datagrams: Iterable[bytes], *, where: str, tag: str
+    sock: socket.socket, datagrams: Iterable[bytes], *, where: str, tag: str = ""
 ) -> int:
     """Send each datagram; failures are logged as ``[<tag>] failed to send data to <where>: <err>``
-    and skipped. Returns how many were sent."""
+    (no ``[<tag>] `` when ``tag`` is empty) and skipped. Returns how many were sent."""
     loop = asyncio.get_running_loop()
     sent = 0
     for datagram in datagrams:
@@ -67,7 +67,8 @@ async def send_datagrams(
             except BlockingIOError:
                 await loop.sock_sendall(sock, datagram)
         except OSError as exc:
-            log.error("[%s] failed to send data to %s: %s", tag, where, _reason(exc))
+            prefix = f"[{tag}] " if tag else ""
+            log.error("%sfailed to send data to %s: %s", prefix, where, _reason(exc))
             continue
         sent += 1
     return sent

@@ -84,7 +84,7 @@ SCHEMA = Schema(
         "host": t.host(default="localhost"),
         "port": t.port(default=8125),
         "prefix": Field(type="string", default="kong"),
-        "metrics": Field(type="array", default=[dict(m) for m in DEFAULT_METRICS], elements=METRIC),
+        "metrics": Field(type="array", default=list(DEFAULT_METRICS), elements=METRIC),
         "allow_status_codes": Field(
             type="array",
             default=None,
