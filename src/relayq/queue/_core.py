@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from itertools import repeat, starmap
 from typing import Any, Final, NamedTuple
 
 from relayq.queue import _messages as m
@@ -255,7 +256,7 @@ class QueueCore:
     def _take_batch(self, now: float, limit: int | None = None) -> Action:
         entries = self.entries
         n = min(len(entries), limit or self._batch_size)
-        batch = [entries.popleft() for _ in range(n)]
+        batch = list(starmap(entries.popleft, repeat((), n)))  # a C loop of atomic pops
         if self._bytes_limit is not None:
             self.bytes -= sum(entry_size(v) or 0 for v in batch)
         if self.dropped_since_resume:
