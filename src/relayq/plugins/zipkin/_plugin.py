@@ -1,0 +1,302 @@
+"""The Zipkin plugin: B3/W3C/... propagation in ``access``, phase annotations as the request
+goes, and in ``log`` one CLIENT span per balancer try, the CLIENT proxy span and the SERVER
+request span, each enqueued separately (in that order) when the trace is sampled.
+
+The spans are created lazily by whichever phase first needs them, as in Kong, so a host that
+only runs the log phase still reports a trace. Differences from Kong, on purpose: an incoming
+64-bit trace id stays 64-bit in the reported spans (Kong pads it to 128 bits, so Zipkin shows
+Kong's spans apart from the caller's); the propagated sampling decision is always explicit;
+without an ``http_endpoint`` spans are not even queued (Kong queues them and its handler
+discards them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from relayq.plugins._base import Plugin, register
+from relayq.plugins._enqueue import QueueBinding
+from relayq.plugins._http import DEFAULT_TIMEOUT, HttpSender, shared_sender
+from relayq.plugins._propagation import (
+    PropagationConfig,
+    TraceContext,
+    extract,
+    new_span_id,
+    new_trace_id,
+    node_id,
+    propagate,
+    propagation_config,
+)
+from relayq.plugins.zipkin._export import ZipkinConf, send_spans
+from relayq.plugins.zipkin._schema import SCHEMA
+from relayq.plugins.zipkin._spans import (
+    CLIENT,
+    SERVER,
+    ZipkinSpan,
+    header_values,
+    parse_request_tags,
+)
+from relayq.queue import QueueConfig
+from relayq.serializer import RequestContext
+
+log = logging.getLogger("relayq.plugins.zipkin")
+
+
+@dataclass(slots=True)
+class ZipkinRequest:
+    """The spans of one request while it is in flight (Kong's ``kong.ctx.plugin.zipkin``)."""
+
+    request_span: ZipkinSpan
+    proxy_span: ZipkinSpan | None = None
+    header_filter_finished: bool = False
+
+
+def _us(ns: Any) -> int | None:
+    if isinstance(ns, int | float) and not isinstance(ns, bool):
+        return int(ns) // 1000
+    return None
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _ms_between(ts: Mapping[str, int], start: str, end: str) -> int | None:
+    if start in ts and end in ts:
+        return round((ts[end] - ts[start]) / 1e6)
+    return None
+
+
+@register
+class ZipkinPlugin(Plugin):
+    """Kong's ``zipkin`` plugin (priority 100000, so its timestamps are taken first).
+    ``sender`` replaces the shared httpx sender, e.g. with ``MemoryHttpSender`` in tests."""
+
+    name = "zipkin"
+    priority = 100000
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        *,
+        plugin_id: str,
+        instance_name: str | None = None,
+        runtime: Any = None,
+        sender: HttpSender | None = None,
+    ) -> None:
+        super().__init__(config, plugin_id=plugin_id, instance_name=instance_name, runtime=runtime)
+        conf = self.config
+        self.propagation: PropagationConfig = propagation_config(conf)
+        self.sender: HttpSender = sender if sender is not None else shared_sender()
+        timeout_ms = max(conf["connect_timeout"], conf["send_timeout"], conf["read_timeout"])
+        self.export = ZipkinConf(
+            conf["http_endpoint"],
+            timeout_ms / 1000 if timeout_ms > 0 else DEFAULT_TIMEOUT,
+            self.sender,
+        )
+        self._queue = QueueBinding(self, failure="failed to enqueue span")
+        self._annotations = conf["phase_duration_flavor"] == "annotations"
+
+    @classmethod
+    def validate(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        return SCHEMA.validate(config)
+
+    @property
+    def queue(self) -> QueueConfig:
+        """The queue's parameters (named after the plugin id)."""
+        return self._queue.params()
+
+    # --------------------------------------------------------------------------- spans
+
+    def _initialize(self, ctx: RequestContext, extracted: TraceContext | None) -> ZipkinRequest:
+        conf = self.config
+        if extracted is None:
+            extracted, _ = extract(ctx.headers, self.propagation.extract)
+        trace_id = extracted.trace_id
+        if trace_id is not None and extracted.trace_id_original_size == 8:
+            trace_id = trace_id[-8:]
+        # B3 and Jaeger share one span between client and server (span id plus parent id);
+        # W3C and the others send only the caller's span, which becomes our parent.
+        if extracted.reuse_span_id:
+            span_id, parent_id = extracted.span_id, extracted.parent_id
+        else:
+            span_id, parent_id = None, extracted.span_id
+        should_sample = extracted.should_sample
+        if should_sample is None:
+            should_sample = random.random() < conf["sample_ratio"]
+        if trace_id is None:
+            trace_id = new_trace_id(conf["traceid_byte_count"])
+        name = ctx.method
+        if conf["http_span_name"] == "method_path":
+            name = f"{ctx.method} {ctx.path}"
+        start = _us(ctx.timestamps.get("request_start")) or int(ctx.started_at * 1_000_000)
+        span = ZipkinSpan(
+            kind=SERVER,
+            name=name,
+            trace_id=trace_id,
+            span_id=span_id or new_span_id(),
+            parent_id=parent_id,
+            timestamp=start,
+            should_sample=should_sample,
+            ip=ctx.client_ip or None,
+            port=ctx.client_port or None,
+        )
+        span.set_tag("lc", "kong")
+        span.set_tag("http.method", ctx.method)
+        span.set_tag("http.host", ctx.host)
+        span.set_tag("http.path", ctx.path)
+        if ctx.http_version:
+            span.set_tag("http.protocol", f"HTTP/{ctx.http_version}")
+        for tag in conf["static_tags"] or ():
+            span.set_tag(tag["name"], tag["value"])
+        tags, errors = parse_request_tags(header_values(ctx.headers, conf["tags_header"]))
+        if errors:
+            log.warning("Could not parse the following Zipkin tags: %s", ", ".join(errors))
+        for key, value in tags.items():
+            span.set_tag(key, value)
+        state = ZipkinRequest(span)
+        ctx.plugin_data[self.id] = state
+        return state
+
+    def _state(self, ctx: RequestContext, extracted: TraceContext | None = None) -> ZipkinRequest:
+        state = ctx.plugin_data.get(self.id)
+        if isinstance(state, ZipkinRequest):
+            return state
+        return self._initialize(ctx, extracted)
+
+    @staticmethod
+    def _proxy_span(state: ZipkinRequest, timestamp: int) -> ZipkinSpan:
+        if state.proxy_span is None:
+            request = state.request_span
+            state.proxy_span = request.child(CLIENT, f"{request.name} (proxy)", timestamp)
+        return state.proxy_span
+
+    @staticmethod
+    def _tag_service_and_route(ctx: RequestContext, span: ZipkinSpan) -> None:
+        service = ctx.service or {}
+        if service.get("id"):
+            span.set_tag("kong.service", service["id"])
+            if isinstance(service.get("name"), str):
+                span.service_name = service["name"]
+                span.set_tag("kong.service_name", service["name"])
+        route = ctx.route
+        if route:
+            if route.get("id"):
+                span.set_tag("kong.route", route["id"])
+            if isinstance(route.get("name"), str):
+                span.set_tag("kong.route_name", route["name"])
+
+    # --------------------------------------------------------------------------- phases
+
+    def access(self, ctx: RequestContext) -> None:
+        """Start the proxy span and propagate its context upstream."""
+        extracted, found_in = extract(ctx.headers, self.propagation.extract)
+        state = self._state(ctx, extracted)
+        start = _us(ctx.timestamps.get("access_start")) or _now_us()
+        proxy = self._proxy_span(state, start)
+        outgoing = dataclasses.replace(
+            extracted,
+            trace_id=proxy.trace_id,
+            span_id=proxy.span_id,
+            parent_id=proxy.parent_id,
+            should_sample=proxy.should_sample,
+            trace_id_original_size=len(proxy.trace_id),
+        )
+        propagate(ctx, self.propagation, outgoing, found_in)
+
+    def header_filter(self, ctx: RequestContext) -> None:
+        """Annotate the header filter (``khs``/``khf``/``kbs``) and add the trace-id header."""
+        state = self._state(ctx)
+        at = _us(ctx.timestamps.get("response_start")) or _now_us()
+        proxy = self._proxy_span(state, at)
+        if self._annotations:
+            proxy.annotate("khs", at)
+            # The host sends the body right after the headers: the header filter ends and
+            # the body filter starts at the same moment.
+            proxy.annotate("khf", at)
+            proxy.annotate("kbs", at)
+        state.header_filter_finished = True
+        header = self.config["http_response_header_for_traceid"]
+        if header:
+            ctx.response_headers_to_add[header] = proxy.trace_id.hex()
+
+    def log(self, ctx: RequestContext) -> None:
+        """Finish the spans and enqueue balancer tries, proxy and request span."""
+        now = _now_us()
+        state = self._state(ctx)
+        request = state.request_span
+        proxy = self._proxy_span(state, now)
+        ts = ctx.timestamps
+        proxy_finish = _us(ts.get("response_end")) or now
+
+        if self._annotations:
+            request.annotate("krs", request.timestamp)
+            access_start = _us(ts.get("access_start"))
+            if access_start is not None:
+                request.annotate("krf", access_start)
+            proxy.annotate("kas", access_start or proxy.timestamp)
+            proxy.annotate("kaf", _us(ts.get("access_end")) or proxy_finish)
+            if not state.header_filter_finished:
+                proxy.annotate("khf", now)
+                state.header_filter_finished = True
+            proxy.annotate("kbf", proxy_finish)
+        else:
+            request.set_tag(
+                "kong.rewrite.duration_ms", _ms_between(ts, "request_start", "access_start")
+            )
+            proxy.set_tag("kong.access.duration_ms", _ms_between(ts, "access_start", "access_end"))
+
+        spans: list[ZipkinSpan] = []
+        tries = [t for t in ctx.tries if isinstance(t, Mapping)]
+        for index, attempt in enumerate(tries, start=1):
+            start = _us(attempt.get("balancer_start_ns"))
+            if start is None:
+                start_ms = attempt.get("balancer_start")
+                start = (
+                    int(start_ms * 1000) if isinstance(start_ms, int | float) else proxy.timestamp
+                )
+            span = request.child(CLIENT, f"{request.name} (balancer try {index})", start)
+            span.ip = attempt.get("ip")
+            span.port = attempt.get("port")
+            span.set_tag("kong.balancer.try", index)
+            if index < len(tries):
+                span.set_tag("error", True)
+                span.set_tag("kong.balancer.state", attempt.get("state"))
+                span.set_tag("http.status_code", attempt.get("code"))
+            self._tag_service_and_route(ctx, span)
+            latency_us = _us(attempt.get("balancer_latency_ns"))
+            if latency_us is None:
+                latency = attempt.get("balancer_latency")
+                latency_us = int(latency * 1000) if isinstance(latency, int | float) else 0
+            span.finish(start + latency_us)
+            spans.append(span)
+        if tries:
+            last = tries[-1]
+            proxy.set_tag("peer.hostname", last.get("hostname"))
+            proxy.ip = last.get("ip")
+            proxy.port = last.get("port")
+
+        if ctx.status:
+            request.set_tag("http.status_code", ctx.status)
+        if ctx.consumer and ctx.consumer.get("id"):
+            request.set_tag("kong.consumer", ctx.consumer["id"])
+        if self.config["include_credential"] and ctx.credential and ctx.credential.get("id"):
+            request.set_tag("kong.credential", ctx.credential["id"])
+        request.set_tag("kong.node.id", node_id())
+        self._tag_service_and_route(ctx, proxy)
+
+        proxy.finish(proxy_finish)
+        request.finish(now)
+        spans.append(proxy)
+        spans.append(request)
+        if request.should_sample and self.export.endpoint:
+            local = self.config["local_service_name"]
+            default = self.config["default_service_name"]
+            for span in spans:
+                self._queue.enqueue(ctx, send_spans, self.export, span.to_zipkin(local, default))
