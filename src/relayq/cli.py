@@ -8,10 +8,12 @@ error); 2 bad command-line usage. Colour is used only when stdout is a terminal 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import io
 import itertools
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -86,28 +88,51 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # --- config validate ----------------------------------------------------------------------
 
 
-def validation_errors(path: str) -> list[str]:
-    """Every problem the gateway's declarative loader finds in ``path`` (empty when valid)."""
-    from relayq import gateway
+def validate_file(path: str) -> tuple[list[str], list[str]]:
+    """The errors and the warnings (deprecations) the gateway's declarative loader reports."""
+    from relayq.gateway import DeclarativeError, load_config
 
+    with _captured_warnings() as warnings:
+        try:
+            load_config(path)
+        except DeclarativeError as exc:
+            return list(exc.errors), warnings
+    return [], warnings
+
+
+@contextlib.contextmanager
+def _captured_warnings() -> Iterator[list[str]]:
+    """Collect what relayq logs at WARNING and above instead of letting it reach stderr."""
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    logger = logging.getLogger("relayq")
+    handler = Collect(logging.WARNING)
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
     try:
-        gateway.load_config(path)
-    except OSError as exc:
-        return [f"cannot read {path}: {exc.strerror or exc}"]
-    except Exception as exc:
-        errors = getattr(exc, "errors", None)
-        if isinstance(errors, list) and errors:
-            return [str(e) for e in errors]
-        raise
-    return []
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Check each file; print every error, not just the first."""
+    """Check each file; print every error, not just the first, and the deprecations."""
+    from relayq.queue import LEGACY_RULES
+
     style = Style(sys.stdout)
     failed = 0
     for path in args.files:
-        errors = validation_errors(path)
+        errors, warnings = validate_file(path)
+        for warning in dict.fromkeys(warnings):
+            print(f"{path}: {style.yellow('warning')}: {warning}")
+        if any(f"config.{rule.field} " in w for w in warnings for rule in LEGACY_RULES):
+            print(f"{path}: hint: `relayq config migrate {path}` rewrites legacy queue parameters")
         if errors:
             failed += 1
             for error in errors:
@@ -167,18 +192,26 @@ def guess_indent(text: str) -> tuple[int, int, int]:
     return mapping, max(offset + 2, mapping), offset
 
 
-def migrate_text(text: str) -> tuple[str, Migration]:
-    """Rewrite legacy queue parameters in a declarative config; return the new text and notes."""
+def migrate_text(text: str, *, as_json: bool = False) -> tuple[str, Migration]:
+    """Rewrite legacy queue parameters in a declarative config; return the new text and notes.
+
+    JSON input (``as_json``) is loaded the same way, as YAML is a superset of JSON, and written
+    back as JSON with the file's indentation.
+    """
     yaml = _yaml(text)
     try:
         document = yaml.load(text)
     except Exception as exc:
-        raise CliError(f"not valid YAML: {exc}") from None
+        raise CliError(f"not valid {'JSON' if as_json else 'YAML'}: {exc}") from None
     result = Migration()
     for where, plugin in _queue_plugins(document, ""):
         _migrate_plugin(where, plugin, result)
     if not result.changed:
         return text, result
+    if as_json:
+        indented = next((line for line in text.splitlines() if line[:1] in (" ", "\t")), None)
+        indent = len(indented) - len(indented.lstrip()) if indented else None
+        return json.dumps(document, indent=indent, ensure_ascii=False) + "\n", result
     out = io.StringIO()
     yaml.dump(document, out)
     return out.getvalue(), result
@@ -360,7 +393,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         before = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
-    after, migration = migrate_text(before)
+    after, migration = migrate_text(before, as_json=path.suffix.lower() == ".json")
     for note in migration.notes:
         print(f"note: {note}", file=sys.stderr)
     if not migration.changed:
