@@ -8,9 +8,13 @@ queue. The module-level functions act on one process-wide default ``Runtime``.
 from __future__ import annotations
 
 from relayq.queue import (
+    BatchInfo,
+    Failure,
+    PermanentError,
     QueueConfig,
     QueueStats,
     Runtime,
+    current_batch,
     default_runtime,
     get_plugin_params,
     workspace,
@@ -44,11 +48,15 @@ async def drain(timeout: float | None = None) -> bool:
 
 
 __all__ = [
+    "BatchInfo",
+    "Failure",
+    "PermanentError",
     "QueueConfig",
     "QueueStats",
     "Runtime",
     "aclose",
     "can_enqueue",
+    "current_batch",
     "default_runtime",
     "drain",
     "enqueue",

@@ -13,10 +13,19 @@ from relayq.queue._config import (
     QueueConfig,
     validate_queue_record,
 )
-from relayq.queue._core import Action, QueueCore, retry_delay
+from relayq.queue._core import Action, Lost, QueueCore, retry_delay
 from relayq.queue._legacy import LEGACY_RULES, WarningThrottle, get_plugin_params, legacy_overrides
+from relayq.queue._outcome import BatchInfo, Failure, PermanentError, current_batch
 from relayq.queue._runtime import Runtime, default_runtime, workspace
 from relayq.queue._stats import DROP_REASONS, HANDLER_BUCKETS, Counters, QueueStats
+from relayq.queue._storage import (
+    DeadLetterStore,
+    EntryStore,
+    Storage,
+    decode_entry,
+    encode_entry,
+    set_storage,
+)
 
 __all__ = [
     "CAPACITY_WARNING_THRESHOLD",
@@ -28,17 +37,28 @@ __all__ = [
     "LEGACY_RULES",
     "QUEUE_FIELDS",
     "Action",
+    "BatchInfo",
     "Counters",
+    "DeadLetterStore",
+    "EntryStore",
+    "Failure",
     "FieldSpec",
+    "Lost",
+    "PermanentError",
     "QueueConfig",
     "QueueCore",
     "QueueStats",
     "Runtime",
+    "Storage",
     "WarningThrottle",
+    "current_batch",
+    "decode_entry",
     "default_runtime",
+    "encode_entry",
     "get_plugin_params",
     "legacy_overrides",
     "retry_delay",
+    "set_storage",
     "validate_queue_record",
     "workspace",
 ]

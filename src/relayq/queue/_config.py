@@ -132,10 +132,13 @@ def validate_queue_record(
     if not isinstance(record, Mapping):
         raise TypeError(f"queue must be a record (mapping), not {type(record).__name__}")
     known = _SPECS if allow_extra else {f.name: f for f in QUEUE_FIELDS}
-    for key in record:
-        if key not in known and key not in ("name", "log_tag"):
-            raise ValueError(f"{key}: unknown field")
     out: dict[str, Any] = {}
+    for key in record:
+        if allow_extra and key in BEYOND_KONG_FIELDS:
+            if record[key] is not None:
+                out[key] = record[key]
+        elif key not in known and key not in ("name", "log_tag"):
+            raise ValueError(f"{key}: unknown field")
     for name, spec in known.items():
         if name in record and record[name] is not None:
             out[name] = check_field(spec, record[name])
@@ -145,7 +148,80 @@ def validate_queue_record(
             out[name] = None
         else:
             out[name] = spec.default
+    probe = {k: v for k, v in out.items() if k in BEYOND_KONG_FIELDS}
+    if probe:  # validate the beyond-Kong values with QueueConfig's own checks
+        checked = QueueConfig(name="validate", **probe)
+        out.update({k: getattr(checked, k) for k in probe})
     return out
+
+
+BEYOND_KONG_FIELDS = ("retry_on", "retry_jitter", "drop_policy", "block_timeout", "spool",
+                      "dead_letter")
+
+RETRY_ON = ("all", "retryable")
+DROP_POLICIES = ("drop_oldest", "drop_newest", "block")
+_BLOCK_TIMEOUT = FieldSpec("block_timeout", float, 0.1, 0, 3600)
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, not {type(value).__name__}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of: {', '.join(choices)} (got {value!r})")
+
+
+def _settings_mapping(name: str, value: object, known: tuple[str, ...]) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a record (mapping), not {type(value).__name__}")
+    unknown = [k for k in value if k not in known]
+    if unknown:
+        raise ValueError(f"{name}.{unknown[0]}: unknown field")
+    if not isinstance(value.get("path"), str) or not value["path"]:
+        raise ValueError(f"{name}.path is required (a directory)")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolSettings:
+    """``queue.spool``: keep waiting entries in a crash-safe store under ``path``.
+
+    ``fsync`` is the group-commit interval in seconds: how much a crash can lose
+    (0 = durable before ``enqueue`` returns; ``False`` = never fsync, OS-buffered).
+    ``max_bytes`` bounds the spool on disk; when full, the queue's drop policy applies.
+    """
+
+    path: str
+    max_bytes: int | None = None
+    fsync: float | bool = 0.05
+
+    @classmethod
+    def coerce(cls, value: object) -> SpoolSettings | None:
+        if value is None or isinstance(value, SpoolSettings):
+            return value
+        v = _settings_mapping("spool", value, ("path", "max_bytes", "fsync"))
+        max_bytes = v.get("max_bytes")
+        if max_bytes is not None:
+            max_bytes = check_field(FieldSpec("spool.max_bytes", int, None, 1, None), max_bytes)
+        fsync = v.get("fsync", 0.05)
+        if fsync is True:
+            fsync = 0.05
+        elif fsync is not False:
+            fsync = check_field(FieldSpec("spool.fsync", float, 0.05, 0, 60), fsync)
+        return cls(path=v["path"], max_bytes=max_bytes, fsync=fsync)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterSettings:
+    """``queue.dead_letter``: batches that exhaust their retries or fail permanently are
+    written under ``path`` with their last error, instead of being discarded."""
+
+    path: str
+
+    @classmethod
+    def coerce(cls, value: object) -> DeadLetterSettings | None:
+        if value is None or isinstance(value, DeadLetterSettings):
+            return value
+        return cls(path=_settings_mapping("dead_letter", value, ("path",))["path"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +243,13 @@ class QueueConfig:
     concurrency_limit: int = 1
     log_tag: str | None = None
     handler_timeout: float | None = 60.0
+    # Beyond Kong (all off by default, so Kong's behaviour stays the default):
+    retry_on: str = "all"  # "all" (Kong: retry every failure) or "retryable"
+    retry_jitter: bool = False  # full jitter on the backoff delay
+    drop_policy: str = "drop_oldest"  # or "drop_newest", or "block" (producers wait)
+    block_timeout: float = 0.1  # seconds a producer may wait with drop_policy "block"
+    spool: SpoolSettings | None = None  # crash-safe spool of waiting entries
+    dead_letter: DeadLetterSettings | None = None  # where lost batches go instead
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
@@ -177,6 +260,14 @@ class QueueConfig:
             raise TypeError(f"log_tag must be a string or None, not {type(self.log_tag).__name__}")
         for spec in _SPECS.values():
             object.__setattr__(self, spec.name, check_field(spec, getattr(self, spec.name)))
+        _check_choice("retry_on", self.retry_on, RETRY_ON)
+        _check_choice("drop_policy", self.drop_policy, DROP_POLICIES)
+        if not isinstance(self.retry_jitter, bool):
+            kind = type(self.retry_jitter).__name__
+            raise TypeError(f"retry_jitter must be a boolean, not {kind}")
+        object.__setattr__(self, "block_timeout", check_field(_BLOCK_TIMEOUT, self.block_timeout))
+        object.__setattr__(self, "spool", SpoolSettings.coerce(self.spool))
+        object.__setattr__(self, "dead_letter", DeadLetterSettings.coerce(self.dead_letter))
 
     @classmethod
     def from_dict(cls, conf: Mapping[str, Any]) -> QueueConfig:

@@ -13,6 +13,7 @@ steps backwards never holds a batch past its coalescing delay or retries past ma
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from collections.abc import Callable
 from itertools import repeat, starmap
@@ -39,9 +40,18 @@ DELIVER: Final = 2  # call the handler with `batch`
 SLEEP: Final = 3  # back off `delay` s before retrying the same batch
 
 # consumer phases
-_IDLE, _COALESCING, _SENDING, _BACKOFF, _RETRY_DUE = range(5)
+_IDLE, _COALESCING, _SENDING, _BACKOFF, _RETRY_DUE, _PART_DUE = range(6)
 
 LogSink = Callable[..., None]  # (level, template, *args)
+
+
+class Lost(NamedTuple):
+    """A batch given up on: its entries, why (a drop reason), the last error, attempts made."""
+
+    entries: list[Any]
+    reason: str
+    error: str
+    attempts: int
 
 
 class Action(NamedTuple):
@@ -85,11 +95,14 @@ class QueueCore:
         "_delay",
         "_fast_default",
         "_first_attempt",
+        "_keep_oldest",
         "_log",
         "_max_entries",
+        "_parts",
         "_pending_sleep",
         "_phase",
         "_retry_count",
+        "_rng",
         "_slept",
         "_warn_at",
         "batch",
@@ -103,8 +116,11 @@ class QueueCore:
         "warned",
     )
 
-    def __init__(self, conf: QueueConfig, counters: Counters, log: LogSink) -> None:
+    def __init__(self, conf: QueueConfig, counters: Counters, log: LogSink,
+                 rng: Callable[[], float] = random.random) -> None:
         self.conf = conf
+        self._rng = rng
+        self._parts: list[list[Any]] = []  # the rest of a batch split to isolate a bad entry
         self.counters = counters
         self._log = log
         self.entries: deque[Any] = deque()
@@ -117,6 +133,7 @@ class QueueCore:
         # within max_entries even when that many producer threads race past the check.
         self.batch: list[Any] | None = None  # in flight (handled or between retries)
         self._max_entries = conf.max_entries
+        self._keep_oldest = conf.drop_policy != "drop_oldest"
         self._warn_at = conf.max_entries * CAPACITY_WARNING_THRESHOLD
         self._fast_default = (
             0 if conf.max_bytes is not None
@@ -150,6 +167,10 @@ class QueueCore:
                 self.warned = True
                 self.fast_limit = 0  # the next offer below the threshold must re-arm
             if count >= self._max_entries:
+                if self._keep_oldest:  # drop_newest / block: the new entry is refused
+                    self.counters.drop("full")
+                    self._log(m.ERR, m.QUEUE_FULL_NEWEST)
+                    return REJECTED
                 self._log(m.ERR, m.QUEUE_FULL)
                 self._drop_oldest("capacity")
         elif self.warned:
@@ -222,6 +243,12 @@ class QueueCore:
             self._phase = _RETRY_DUE
             self._slept += self._pending_sleep
             return Action(SLEEP, self._pending_sleep)
+        if phase == _PART_DUE:
+            self._phase = _SENDING
+            self._first_attempt = now
+            assert self.batch is not None
+            self._log(m.TRACE, m.PASSING, len(self.batch))
+            return Action(DELIVER, 0.0, self.batch)
         if phase == _RETRY_DUE:
             self._phase = _SENDING
             self._retry_count += 1
@@ -270,8 +297,13 @@ class QueueCore:
         self._log(m.TRACE, m.PASSING, n)
         return Action(DELIVER, 0.0, batch)
 
-    def on_result(self, now: float, error: str | None, *, ok: bool) -> None:
-        """Record the outcome of the delivery ``next_action`` asked for."""
+    def on_result(self, now: float, error: str | None, *, ok: bool, permanent: bool = False,
+                  retry_after: float | None = None) -> Lost | None:
+        """Record the outcome of the delivery ``next_action`` asked for.
+
+        Returns the entries given up on (with why), for the driver to dead-letter, or None.
+        ``permanent`` and ``retry_after`` are honoured only with ``retry_on = "retryable"``.
+        """
         batch = self.batch
         if self._phase != _SENDING or batch is None:
             raise RuntimeError("on_result called without a delivery outstanding")
@@ -280,25 +312,57 @@ class QueueCore:
             c.batches_sent += 1
             c.entries_sent += len(batch)
             self._log(m.TRACE, m.PROCESSED, len(batch))
-            self._finish_batch()
-            return
+            self._finish_part()
+            return None
         c.failures += 1
         c.last_error = error or m.NO_DETAILS
         self._log(m.WARN, m.HANDLER_FAILED, error or m.NO_DETAILS)
         if not error:
             self._log(m.ERR, m.FALSY)
+        classes = self.conf.retry_on == "retryable"
+        if classes and permanent:
+            if len(batch) > 1:  # poison isolation: retry each half, so one bad entry
+                mid = len(batch) // 2  # does not take the others with it
+                self._parts[:0] = [batch[:mid], batch[mid:]]
+                self._log(m.WARN, m.SPLITTING, len(batch), mid, len(batch) - mid)
+                self._next_part()
+                return None
+            return self._give_up("permanent", error, m.PERMANENT, 1)
         elapsed = max(now - self._first_attempt, self._slept)
         if self.conf.max_retry_time < 0 or elapsed > self.conf.max_retry_time:
-            c.drop("retry_exhausted", len(batch))
-            self._log(m.ERR, m.GAVE_UP, len(batch))
-            self._finish_batch()
-            return
-        self._pending_sleep = retry_delay(self.conf, self._retry_count)
+            return self._give_up("retry_exhausted", error, m.GAVE_UP, len(batch))
+        delay = retry_delay(self.conf, self._retry_count)
+        if self.conf.retry_jitter:
+            delay *= self._rng()
+        if classes and retry_after is not None and retry_after > delay:
+            delay = min(retry_after, self.conf.max_retry_delay)
+        self._pending_sleep = delay
         self._phase = _BACKOFF
+        return None
 
-    def _finish_batch(self) -> None:
-        self.batch = None
-        self._phase = _IDLE
+    def _give_up(self, reason: str, error: str | None, message: str, count: int) -> Lost:
+        assert self.batch is not None
+        lost = Lost(self.batch, reason, error or m.NO_DETAILS, self._retry_count + 1)
+        if self.conf.dead_letter is None:
+            self.counters.drop(reason, len(self.batch))
+        else:
+            self.counters.dead_lettered += len(self.batch)
+        self._log(m.ERR, message, count)
+        self._finish_part()
+        return lost
+
+    def _finish_part(self) -> None:
+        if self._parts:
+            self._next_part()
+        else:
+            self.batch = None
+            self._phase = _IDLE
+
+    def _next_part(self) -> None:
+        self.batch = self._parts.pop(0)
+        self._phase = _PART_DUE
+        self._retry_count = 0
+        self._slept = 0.0
 
     def redeliver(self) -> None:
         """The delivery in progress was lost with its event loop: send the batch again."""
@@ -309,8 +373,9 @@ class QueueCore:
 
     def abandon(self, reason: str = "shutdown") -> int:
         """Give up on everything waiting or in flight; count it under ``reason``."""
-        lost = len(self.entries) + (len(self.batch) if self.batch else 0)
+        lost = len(self.entries) + self.in_flight
         self.entries.clear()
+        self._parts.clear()
         self.bytes = 0
         self.batch = None
         self._phase = _IDLE
@@ -322,7 +387,7 @@ class QueueCore:
     @property
     def in_flight(self) -> int:
         """Entries in the batch being handled or waiting for a retry."""
-        return len(self.batch) if self.batch else 0
+        return (len(self.batch) if self.batch else 0) + sum(len(p) for p in self._parts)
 
     @property
     def idle(self) -> bool:

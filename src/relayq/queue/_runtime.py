@@ -22,15 +22,28 @@ import logging
 import os
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from relayq.queue import _messages as m
 from relayq.queue._config import QueueConfig, as_config
-from relayq.queue._core import DELIVER, DONE, QUEUED_WAKE, REJECTED, SLEEP, WAIT, QueueCore
+from relayq.queue._core import (
+    DELIVER,
+    DONE,
+    QUEUED_WAKE,
+    REJECTED,
+    SLEEP,
+    WAIT,
+    Lost,
+    QueueCore,
+)
 from relayq.queue._legacy import WarningThrottle
+from relayq.queue._outcome import BatchInfo, Failure, PermanentError
+from relayq.queue._outcome import _current as _current_batch
 from relayq.queue._stats import Counters, QueueStats, snapshot
+from relayq.queue._storage import Storage, default_storage, encode_entry
 from relayq.queue._workers import HandlerThreads
 
 log = logging.getLogger("relayq")
@@ -109,6 +122,16 @@ class _QueueLog:
         self._suppressed.clear()
 
 
+class _Result(NamedTuple):
+    error: str | None
+    ok: bool = False
+    permanent: bool = False
+    retry_after: float | None = None
+
+
+_OK = _Result(None, ok=True)
+
+
 class _Queue(QueueCore):
     """A registered queue: the core plus what the driver needs to run it."""
 
@@ -143,8 +166,9 @@ class Runtime:
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, *,
-                 max_handler_threads: int = 32) -> None:
+                 max_handler_threads: int = 32, storage: Storage | None = None) -> None:
         self.clock = clock
+        self.storage = storage
         self.warning_throttle = WarningThrottle(clock)
         self._threads = HandlerThreads(max_handler_threads)
         self._init_state()
@@ -161,6 +185,12 @@ class Runtime:
         self._bg_thread: threading.Thread | None = None
         self._exiting = False
         self._pid = os.getpid()
+        self._space = threading.Condition(self._lock)  # producers blocked on a full queue
+        self._blocked = 0
+        self._uid = uuid.uuid4().hex[:12]  # batch ids: unique per process
+        self._batch_seq = 0
+        self._batch_ids: dict[int, tuple[list[Any], str, int]] = {}
+        self._dead_letter_stores: dict[str, Any] = {}
 
     # ================================================================ producer API
 
@@ -204,6 +234,8 @@ class Runtime:
                     return self._deliver_single(qc, key, handler, handler_conf, value)
                 q = self._create(qc, key, handler)
             q.handler_conf = handler_conf
+            if q.conf.drop_policy == "block" and q.is_full():
+                q = self._wait_for_space(q)
             result = q.offer(value)
             if result == QUEUED_WAKE:
                 wake = q.waker
@@ -211,6 +243,27 @@ class Runtime:
         if wake is not None:
             self._wake(wake)
         return result != REJECTED
+
+    def _wait_for_space(self, q: _Queue) -> _Queue:
+        """drop_policy "block": wait (lock held, released while waiting) until the queue has
+        room or block_timeout passes. Never from the loop's own thread: that would stall the
+        consumer that makes room, so there the policy acts like drop_newest."""
+        loop = q.loop
+        if loop is None or self._in_loop_thread(loop):
+            return q
+        deadline = time.monotonic() + q.conf.block_timeout
+        self._blocked += 1
+        try:
+            while q.is_full() and not q.closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._space.wait(remaining)
+        finally:
+            self._blocked -= 1
+        if q.closed:  # drained and removed while we waited
+            q = self._queues.get(q.key) or self._create(q.conf, q.key, q.handler)
+        return q
 
     def _settle_fast_path(self, q: _Queue) -> None:
         """After a lock-free append: wake a consumer whose batch is now full, or rescue the
@@ -404,11 +457,19 @@ class Runtime:
                 await asyncio.sleep(action.delay)
             elif action.kind == DELIVER:
                 assert action.batch is not None
-                error, ok = await self._call(q, action.batch)
+                if self._blocked:
+                    with self._lock:
+                        self._space.notify_all()  # a batch left: blocked producers may go on
+                r = await self._call(q, action.batch)
                 with self._lock:
                     if q.gen != gen:
                         return
-                    q.on_result(self.clock(), error, ok=ok)
+                    lost = q.on_result(self.clock(), r.error, ok=r.ok, permanent=r.permanent,
+                                       retry_after=r.retry_after)
+                if lost is not None:
+                    self._batch_ids.pop(id(lost.entries), None)
+                    if q.conf.dead_letter is not None:
+                        await self._dead_letter(q, lost)
 
     def _remove(self, q: _Queue) -> None:
         # Called with the lock held.
@@ -419,33 +480,74 @@ class Runtime:
             q.qlog.flush()
             q.qlog(m.TRACE, m.DONE_PROCESSING)
 
-    async def _call(self, q: _Queue, batch: list[Any]) -> tuple[str | None, bool]:
-        """One handler attempt: (error text or None, success). Never raises (but cancellation)."""
+    async def _call(self, q: _Queue, batch: list[Any]) -> _Result:
+        """One handler attempt. Never raises (but cancellation)."""
         handler_conf = q.handler_conf  # the latest enqueuer's, re-read on every attempt
         timeout = q.conf.handler_timeout
+        info = self._batch_info(q, batch)
+        token = _current_batch.set(info)
         start = time.perf_counter()
         try:
             if q.is_async:
                 result = await asyncio.wait_for(q.handler(handler_conf, batch), timeout)
             else:
                 handler = q.handler
-                fut = self._threads.run(lambda: handler(handler_conf, batch))
+                ctx = contextvars.copy_context()
+                fut = self._threads.run(lambda: ctx.run(handler, handler_conf, batch))
                 result = await asyncio.wait_for(fut, timeout)
                 if inspect.isawaitable(result):
                     result = await asyncio.wait_for(result, timeout)
         except TimeoutError:
-            return m.HANDLER_TIMEOUT % timeout, False
+            return _Result(m.HANDLER_TIMEOUT % timeout)
         except asyncio.CancelledError:
             raise
+        except PermanentError as exc:
+            return _Result(str(exc) or "permanent failure", permanent=True)
         except Exception as exc:
-            return str(exc) or type(exc).__name__, False
+            return _Result(str(exc) or type(exc).__name__)
         finally:
+            _current_batch.reset(token)
             q.counters.observe_handler(time.perf_counter() - start)
         if result is True:
-            return None, True
+            self._batch_ids.pop(id(batch), None)
+            return _OK
+        if isinstance(result, Failure):
+            return _Result(result.reason, permanent=not result.retryable,
+                           retry_after=result.retry_after)
         if isinstance(result, tuple) and len(result) >= 2 and result[1]:
-            return str(result[1]), False
-        return None, False
+            return _Result(str(result[1]))
+        return _Result(None)
+
+    def _batch_info(self, q: _Queue, batch: list[Any]) -> BatchInfo:
+        entry = self._batch_ids.get(id(batch))
+        if entry is None or entry[0] is not batch:
+            self._batch_seq += 1
+            entry = self._batch_ids[id(batch)] = (batch, f"{self._uid}-{self._batch_seq}", 0)
+        attempt = entry[2] + 1
+        self._batch_ids[id(batch)] = (batch, entry[1], attempt)
+        return BatchInfo(entry[1], q.conf.name, attempt, len(batch))
+
+    async def _dead_letter(self, q: _Queue, lost: Lost) -> None:
+        """Park a batch given up on in the dead-letter store (off the loop: it is disk I/O)."""
+        settings = q.conf.dead_letter
+        assert settings is not None
+        store = self._dead_letter_stores.get(settings.path)
+        if store is None:
+            store = self._storage().open_dead_letters(settings)
+            self._dead_letter_stores[settings.path] = store
+        entries = [encode_entry(v) for v in lost.entries]
+        try:
+            await self._threads.run(lambda: store.add(
+                q.conf.name, entries, lost.error, lost.attempts, None))
+        except Exception as exc:  # the store failed: the entries are lost after all
+            with self._lock:
+                q.counters.dead_lettered -= len(lost.entries)
+                q.counters.drop(lost.reason, len(lost.entries))
+            log.error("[%s] queue %s: could not write %d entries to dead letters: %s",
+                      q.conf.log_tag or "", q.conf.name, len(lost.entries), exc)
+
+    def _storage(self) -> Storage:
+        return self.storage if self.storage is not None else default_storage()
 
     def _wake(self, waker: asyncio.Future[None]) -> None:
         loop = waker.get_loop()

@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 # Reasons an entry can be lost; every drop is counted under exactly one of them.
-DROP_REASONS = ("capacity", "bytes", "too_large", "retry_exhausted", "shutdown", "invalid")
+DROP_REASONS = ("capacity", "bytes", "too_large", "retry_exhausted", "shutdown", "invalid",
+                "full", "permanent")
 
 # Reasons that refuse an entry at enqueue time (it never entered the queue).
-REJECTIONS = frozenset({"too_large", "invalid"})
+REJECTIONS = frozenset({"too_large", "invalid", "full"})
 
 # Upper bounds (seconds) of the handler-latency histogram exported by the status listener.
 HANDLER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -22,6 +23,7 @@ class Counters:
     __slots__ = (
         "batches_sent",
         "bucket_counts",
+        "dead_lettered",
         "dropped",
         "entries_sent",
         "failures",
@@ -40,6 +42,7 @@ class Counters:
         self.entries_sent = 0
         self.retries = 0
         self.failures = 0
+        self.dead_lettered = 0
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.last_error: str | None = None
         self.handler_calls = 0
@@ -82,6 +85,7 @@ class QueueStats:
     handler_seconds: float = 0.0
     # Cumulative histogram: (upper bound in seconds, count of calls at or below it); +inf last.
     handler_buckets: tuple[tuple[float, int], ...] = ()
+    dead_lettered: int = 0  # entries written to dead letters instead of being lost
 
     @property
     def dropped_total(self) -> int:
@@ -105,7 +109,7 @@ def snapshot(
         depth=depth,
         bytes=nbytes,
         in_flight=in_flight,
-        enqueued=c.entries_sent + depth + in_flight
+        enqueued=c.entries_sent + depth + in_flight + c.dead_lettered
         + sum(n for reason, n in c.dropped.items() if reason not in REJECTIONS),
         batches_sent=c.batches_sent,
         entries_sent=c.entries_sent,
@@ -116,4 +120,5 @@ def snapshot(
         handler_calls=c.handler_calls,
         handler_seconds=c.handler_seconds,
         handler_buckets=tuple(cumulative),
+        dead_lettered=c.dead_lettered,
     )

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relayq.queue._config import QueueConfig
-from relayq.queue._core import DELIVER, DONE, QUEUED_WAKE, SLEEP, WAIT, QueueCore
+from relayq.queue._core import DELIVER, DONE, QUEUED_WAKE, SLEEP, WAIT, Lost, QueueCore
+from relayq.queue._outcome import Failure
 from relayq.queue._stats import Counters
 
 
@@ -54,14 +55,16 @@ class Simulation:
     counters: Counters = field(default_factory=lambda: Counters("sim", None))
     end: float = 0.0
     rejected: list[Any] = field(default_factory=list)
+    lost: list[Lost] = field(default_factory=list)  # batches given up on
 
     def messages(self, level: int | None = None) -> list[str]:
         """The log texts, optionally only those at ``level``."""
         return [text for lvl, text in self.logs if level is None or lvl == level]
 
 
-# A scripted handler: (virtual time, batch, attempt number within the batch) -> True or error text
-Outcome = Callable[[float, list[Any], int], "bool | str"]
+# A scripted handler: (virtual time, batch, attempt number within the batch) -> True, an error
+# text, or a Failure (permanent / retry_after).
+Outcome = Callable[[float, list[Any], int], "bool | str | Failure"]
 
 
 def simulate(
@@ -73,6 +76,7 @@ def simulate(
     exiting_at: float | None = None,
     handler_duration: float = 0.0,
     until: float = 1e9,
+    rng: Callable[[], float] = lambda: 1.0,
 ) -> Simulation:
     """Run one queue in virtual time.
 
@@ -86,7 +90,7 @@ def simulate(
     def log(level: int, template: str, *args: object) -> None:
         sim.logs.append((level, template % args if args else template))
 
-    core = QueueCore(conf, sim.counters, log)
+    core = QueueCore(conf, sim.counters, log, rng=rng)
     pending = sorted(arrivals, key=lambda a: a[0])
     offsets = sorted(clock_offsets)
     outcome = handler or (lambda t, b, n: True)
@@ -136,7 +140,15 @@ def simulate(
             sim.attempts.append(Attempt(now, list(action.batch), result is True))
             now += handler_duration
             arrive(now)
-            core.on_result(seen(now), None if result is True else str(result), ok=result is True)
+            if isinstance(result, Failure):
+                lost = core.on_result(seen(now), result.reason, ok=False,
+                                      permanent=not result.retryable,
+                                      retry_after=result.retry_after)
+            else:
+                lost = core.on_result(seen(now), None if result is True else str(result),
+                                      ok=result is True)
+            if lost is not None:
+                sim.lost.append(lost)
     sim.end = now
     return sim
 
