@@ -14,6 +14,8 @@ import threading
 import weakref
 from collections.abc import Iterable
 
+from relayq.plugins._udp import error_text
+
 log = logging.getLogger("relayq.plugins")
 
 CONNECT_TIMEOUT = 1.0
@@ -54,7 +56,7 @@ async def connect(host: str, port: int, *, timeout: float = CONNECT_TIMEOUT) -> 
     except TimeoutError as exc:
         raise OSError("timeout") from exc
     except OSError as exc:
-        raise OSError(exc.strerror or str(exc)) from exc
+        raise OSError(error_text(exc)) from exc
 
 
 async def send_lines(
@@ -68,7 +70,7 @@ async def send_lines(
         writer.write(b"".join(line + b"\n" for line in lines))
         await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
     except (OSError, TimeoutError) as exc:
-        text = "timeout" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        text = "timeout" if isinstance(exc, TimeoutError) else error_text(exc)
         log.error("[%s] failed to send data to %s:%s: %s", tag, host, port, text)
         writer.close()
         return False

@@ -12,16 +12,21 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import socket
 from collections.abc import Iterable
 
 log = logging.getLogger("relayq.plugins")
 
 
-def _reason(exc: OSError) -> str:
+def error_text(exc: OSError) -> str:
+    """A socket error in nginx's words: the lower-case system message (``connection refused``,
+    ``no route to host``), or the resolver's message for a failed name lookup."""
     if isinstance(exc, socket.gaierror):
-        return exc.strerror or str(exc)
-    return exc.strerror or str(exc) or type(exc).__name__
+        return (exc.strerror or str(exc)).lower()
+    if exc.errno is not None:
+        return os.strerror(exc.errno).lower()
+    return str(exc) or type(exc).__name__
 
 
 async def _resolve(host: str, port: int, kind: socket.SocketKind) -> tuple[int, tuple[object, ...]]:
@@ -43,13 +48,13 @@ async def open_udp(host: str, port: int) -> socket.socket:
         family, sockaddr = await _resolve(host, port, socket.SOCK_DGRAM)
         sock = socket.socket(family, socket.SOCK_DGRAM)
     except OSError as exc:
-        raise OSError(_reason(exc)) from exc
+        raise OSError(error_text(exc)) from exc
     try:
         sock.setblocking(False)
         sock.connect(sockaddr)
     except OSError as exc:
         sock.close()
-        raise OSError(_reason(exc)) from exc
+        raise OSError(error_text(exc)) from exc
     return sock
 
 
@@ -68,7 +73,7 @@ async def send_datagrams(
                 await loop.sock_sendall(sock, datagram)
         except OSError as exc:
             prefix = f"[{tag}] " if tag else ""
-            log.error("%sfailed to send data to %s: %s", prefix, where, _reason(exc))
+            log.error("%sfailed to send data to %s: %s", prefix, where, error_text(exc))
             continue
         sent += 1
     return sent
