@@ -49,7 +49,9 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# The wrapped app is only called, so any three-argument coroutine function fits, whatever
+# scope and message types it declares (Starlette's, asgiref's TypedDicts, plain dicts).
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 log = logging.getLogger("relayq.asgi")
 

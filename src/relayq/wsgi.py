@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from relayq._hostcore import (
     PluginChain,
@@ -36,24 +37,9 @@ __all__ = ["RelayqMiddleware"]
 
 log = logging.getLogger("relayq.wsgi")
 
-Environ = dict[str, Any]
-ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+Environ = WSGIEnvironment
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
 Write = Callable[[bytes], object]
-
-
-class StartResponse(Protocol):
-    """PEP 3333's ``start_response`` callable."""
-
-    def __call__(
-        self,
-        status: str,
-        headers: list[tuple[str, str]],
-        exc_info: ExcInfo | None = ...,
-        /,
-    ) -> Write: ...
-
-
-WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 
 class RelayqMiddleware:
@@ -67,7 +53,7 @@ class RelayqMiddleware:
 
     def __init__(
         self,
-        app: WSGIApp,
+        app: WSGIApplication,
         plugins: Iterable[Mapping[str, Any]] = (),
         *,
         runtime: RuntimeLike | None = None,

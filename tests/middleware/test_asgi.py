@@ -260,7 +260,10 @@ def test_invalid_plugins_list_reports_every_error() -> None:
 
 
 def test_disabled_plugins_are_skipped_and_ids_are_stable() -> None:
-    plugins = [{"name": "test-recorder", "enabled": False}, {"name": "test-recorder"}]
+    plugins: list[dict[str, Any]] = [
+        {"name": "test-recorder", "enabled": False},
+        {"name": "test-recorder"},
+    ]
     first = RelayqMiddleware(make_app(), plugins=plugins)
     second = RelayqMiddleware(make_app(), plugins=plugins)
     assert len(first.chain.plugins) == 1
