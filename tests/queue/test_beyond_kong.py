@@ -205,3 +205,122 @@ async def test_sync_handler_sees_batch_info_and_permanent_error() -> None:
 def test_module_level_api_exposes_outcomes() -> None:
     assert relayq.Failure is Failure and relayq.current_batch is current_batch
     asyncio.run(asyncio.sleep(0))
+
+
+class MemorySpool:
+    """An in-memory stand-in for relayq.durable.Spool: what survives a 'restart' is `rows`."""
+
+    def __init__(self, rows: dict[int, bytes], max_count: int | None = None) -> None:
+        self.rows = rows
+        self.max_count = max_count
+        self.closed = False
+
+    def append(self, value: bytes) -> int | None:
+        if self.max_count is not None and len(self.rows) >= self.max_count:
+            return None
+        seq = max(self.rows, default=0) + 1
+        self.rows[seq] = value
+        return seq
+
+    def ack(self, seqs: Any) -> None:
+        for s in seqs:
+            self.rows.pop(s, None)
+
+    def pending(self) -> list[tuple[int, bytes]]:
+        return sorted(self.rows.items())
+
+    def close(self, timeout: float | None = None) -> None:
+        self.closed = True
+
+
+class SpoolStorage(MemoryStorage):
+    def __init__(self, rows: dict[int, bytes], max_count: int | None = None) -> None:
+        super().__init__()
+        self.rows = rows
+        self.max_count = max_count
+        self.opened: list[str] = []
+
+    def open_spool(self, settings: SpoolSettings, queue_key: str) -> MemorySpool:
+        self.opened.append(queue_key)
+        return MemorySpool(self.rows, self.max_count)
+
+
+def test_spool_keeps_undelivered_entries_for_the_next_start() -> None:
+    rows: dict[int, bytes] = {}
+    conf = QueueConfig(name="sp", spool={"path": "/unused"}, initial_retry_delay=10,
+                       max_retry_time=600)
+
+    async def down(conf: Any, entries: list[Any]) -> Any:
+        return False, "receiver down"
+
+    rt = Runtime(storage=SpoolStorage(rows))
+    for v in ["a", "b", {"c": 3}]:
+        assert rt.enqueue(conf, down, None, v)
+    assert rt.shutdown(0.2) == 0  # nothing lost: kept in the spool
+    assert rt.stats()["sp"].kept_in_spool == 3
+    assert len(rows) == 3
+
+    got: list[Any] = []
+
+    async def up(conf: Any, entries: list[Any]) -> bool:
+        got.extend(entries)
+        return True
+
+    rt2 = Runtime(storage=SpoolStorage(rows))  # the next start
+    rt2.enqueue(conf, up, None, "d")
+    assert rt2.flush(5)
+    assert got == ["a", "b", {"c": 3}, "d"]  # replayed first, oldest first
+    assert rows == {}  # all acknowledged
+
+
+def test_spooled_drops_leave_the_spool_and_ids_follow_seqs() -> None:
+    rows: dict[int, bytes] = {}
+    ids: list[str] = []
+
+    def handler(conf: Any, entries: list[Any]) -> bool:
+        info = current_batch()
+        assert info is not None
+        ids.append(info.id)
+        return True
+
+    conf = QueueConfig(name="spd", spool={"path": "/unused"}, max_entries=2,
+                       max_batch_size=10, max_coalescing_delay=0.05)
+    rt = Runtime(storage=SpoolStorage(rows))
+    for v in "abcd":
+        rt.enqueue(conf, handler, None, v)
+    assert len(rows) == 2  # a and b were dropped (capacity) and left the spool
+    assert rt.flush(5)
+    assert ids == ["spd-3-4"] and rows == {}
+    assert rt.stats()["spd"].dropped["capacity"] == 2
+
+
+def test_spool_full_applies_drop_policy() -> None:
+    rows: dict[int, bytes] = {}
+    gate = threading.Event()
+
+    def handler(conf: Any, entries: list[Any]) -> bool:
+        gate.wait(5)
+        return True
+
+    newest = QueueConfig(name="sfn", spool={"path": "/u"}, drop_policy="drop_newest",
+                         max_coalescing_delay=0.1, max_batch_size=100)
+    rt = Runtime(storage=SpoolStorage(rows, max_count=2))
+    assert rt.enqueue(newest, handler, None, "a")
+    assert rt.enqueue(newest, handler, None, "b")
+    assert not rt.enqueue(newest, handler, None, "c")
+    assert rt.stats()["sfn"].dropped["full"] == 1
+    gate.set()
+    assert rt.flush(5)
+
+    got: list[Any] = []
+
+    def record(conf: Any, entries: list[Any]) -> bool:
+        got.extend(entries)
+        return True
+
+    oldest = newest.replace(name="sfo", drop_policy="drop_oldest")
+    rt = Runtime(storage=SpoolStorage({}, max_count=2))
+    for v in "abc":
+        assert rt.enqueue(oldest, record, None, v)
+    assert rt.flush(5)
+    assert got == ["b", "c"] and rt.stats()["sfo"].dropped["capacity"] == 1

@@ -67,8 +67,20 @@ _DONE_ACTION: Final = Action(DONE)
 FAST_PATH_MARGIN: Final = 64
 
 
+class Spooled:
+    """An entry that is also kept in the queue's crash-safe spool under ``seq``."""
+
+    __slots__ = ("seq", "value")
+
+    def __init__(self, seq: int, value: Any) -> None:
+        self.seq = seq
+        self.value = value
+
+
 def entry_size(value: object) -> int | None:
     """Bytes a string entry occupies (UTF-8), or None for entries that are not strings."""
+    if type(value) is Spooled:
+        value = value.value
     if isinstance(value, str):
         return len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
     if isinstance(value, bytes | bytearray | memoryview):
@@ -98,6 +110,7 @@ class QueueCore:
         "_keep_oldest",
         "_log",
         "_max_entries",
+        "_on_drop",
         "_parts",
         "_pending_sleep",
         "_phase",
@@ -117,8 +130,10 @@ class QueueCore:
     )
 
     def __init__(self, conf: QueueConfig, counters: Counters, log: LogSink,
-                 rng: Callable[[], float] = random.random) -> None:
+                 rng: Callable[[], float] = random.random,
+                 on_drop: Callable[[Any], None] | None = None) -> None:
         self.conf = conf
+        self._on_drop = on_drop  # told about every entry dropped from the queue (spool acks)
         self._rng = rng
         self._parts: list[list[Any]] = []  # the rest of a batch split to isolate a bad entry
         self.counters = counters
@@ -136,7 +151,7 @@ class QueueCore:
         self._keep_oldest = conf.drop_policy != "drop_oldest"
         self._warn_at = conf.max_entries * CAPACITY_WARNING_THRESHOLD
         self._fast_default = (
-            0 if conf.max_bytes is not None
+            0 if conf.max_bytes is not None or conf.spool is not None
             else max(0, int(self._warn_at) - FAST_PATH_MARGIN)
         )
         self.fast_limit = self._fast_default
@@ -207,6 +222,20 @@ class QueueCore:
             self.bytes -= entry_size(value) or 0
         self.counters.drop(reason)
         self.dropped_since_resume = True
+        if self._on_drop is not None:
+            self._on_drop(value)
+
+    def make_room(self) -> bool:
+        """The spool behind the queue is full: apply the drop policy to make room for one.
+        True if the oldest waiting entry was dropped (drop_oldest), False if the new entry
+        must be refused (drop_newest, block, or nothing to drop)."""
+        if self._keep_oldest or not self.entries:
+            self.counters.drop("full")
+            self._log(m.ERR, m.SPOOL_FULL)
+            return False
+        self._log(m.ERR, m.SPOOL_FULL)
+        self._drop_oldest("capacity")
+        return True
 
     def is_full(self) -> bool:
         """Kong's Queue.is_full: no entry slot left, or exactly 0 bytes left."""
@@ -376,6 +405,13 @@ class QueueCore:
         lost = len(self.entries) + self.in_flight
         self.entries.clear()
         self._parts.clear()
+        if self.conf.spool is not None:  # kept in the spool: the next start sends them
+            self.counters.kept_in_spool += lost
+            self.batch = None
+            self._phase = _IDLE
+            self.waiting = False
+            self.bytes = 0
+            return 0
         self.bytes = 0
         self.batch = None
         self._phase = _IDLE

@@ -37,10 +37,13 @@ FALSY = "handler returned falsy value but no error information"
 GAVE_UP = "could not send entries due to max_retry_time exceeded. %d queue entries were lost"
 NIL_ENTRY = "entry must be a non-nil value"
 # relayq's own lines (Kong has no equivalent).
+SPOOL_FULL = "spool full, applying the queue's drop policy"
 QUEUE_FULL_NEWEST = "queue full, dropping new entries until processing is successful again"
 SPLITTING = "batch of %d entries rejected permanently, retrying it in halves of %d and %d"
 PERMANENT = "could not send entries: permanent failure. %d queue entries were lost"
 SUPPRESSED = "%s (%d more like this in the last %.0f s)"
+SHUTDOWN_KEPT = "shutdown deadline reached, %d queue entries kept in the spool for the next start"
+REPLAYED = "replaying %d entries kept in the spool by a previous run"
 SHUTDOWN_LOST = "shutdown deadline reached, %d queue entries were not delivered"
 HANDLER_TIMEOUT = "handler did not finish within %s s"
 

@@ -38,12 +38,21 @@ from relayq.queue._core import (
     WAIT,
     Lost,
     QueueCore,
+    Spooled,
+    entry_size,
 )
 from relayq.queue._legacy import WarningThrottle
 from relayq.queue._outcome import BatchInfo, Failure, PermanentError
 from relayq.queue._outcome import _current as _current_batch
 from relayq.queue._stats import Counters, QueueStats, snapshot
-from relayq.queue._storage import Storage, default_storage, encode_entry
+from relayq.queue._storage import (
+    DeadLetterStore,
+    EntryStore,
+    Storage,
+    decode_entry,
+    default_storage,
+    encode_entry,
+)
 from relayq.queue._workers import HandlerThreads
 
 log = logging.getLogger("relayq")
@@ -136,12 +145,14 @@ class _Queue(QueueCore):
     """A registered queue: the core plus what the driver needs to run it."""
 
     __slots__ = ("closed", "gen", "handler", "handler_conf", "is_async", "key", "loop", "qlog",
-                 "waker")
+                 "spool", "waker")
 
     def __init__(self, conf: QueueConfig, key: Key, counters: Counters, handler: Handler,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], spool: EntryStore | None = None) -> None:
         qlog = _QueueLog(conf.log_tag, conf.name, clock)
-        super().__init__(conf, counters, qlog)
+        on_drop = None if spool is None else _acker(spool)
+        super().__init__(conf, counters, qlog, on_drop=on_drop)
+        self.spool = spool
         self.qlog = qlog
         self.key = key
         self.handler = handler
@@ -151,6 +162,14 @@ class _Queue(QueueCore):
         self.waker: asyncio.Future[None] | None = None
         self.gen = 0
         self.closed = False  # removed from the registry; a late lock-free append is rescued
+
+
+def _acker(spool: EntryStore) -> Callable[[Any], None]:
+    def ack(value: Any) -> None:
+        if type(value) is Spooled:
+            spool.ack((value.seq,))
+
+    return ack
 
 
 def _is_async(handler: Handler) -> bool:
@@ -190,7 +209,8 @@ class Runtime:
         self._uid = uuid.uuid4().hex[:12]  # batch ids: unique per process
         self._batch_seq = 0
         self._batch_ids: dict[int, tuple[list[Any], str, int]] = {}
-        self._dead_letter_stores: dict[str, Any] = {}
+        self._dead_letter_stores: dict[str, DeadLetterStore] = {}
+        self._spools: dict[tuple[str, str], EntryStore] = {}
 
     # ================================================================ producer API
 
@@ -236,13 +256,31 @@ class Runtime:
             q.handler_conf = handler_conf
             if q.conf.drop_policy == "block" and q.is_full():
                 q = self._wait_for_space(q)
-            result = q.offer(value)
+            if q.spool is not None and value is not None:
+                result = self._offer_spooled(q, value)
+            else:
+                result = q.offer(value)
             if result == QUEUED_WAKE:
                 wake = q.waker
                 q.waker = None
         if wake is not None:
             self._wake(wake)
         return result != REJECTED
+
+    @staticmethod
+    def _offer_spooled(q: _Queue, value: Any) -> int:
+        """Write the entry to the spool, then queue it; a refused entry leaves the spool."""
+        assert q.spool is not None
+        data = encode_entry(value)
+        seq = q.spool.append(data)
+        while seq is None:  # spool full (or failing): the drop policy decides
+            if not q.make_room():
+                return REJECTED
+            seq = q.spool.append(data)
+        result = q.offer(Spooled(seq, value))
+        if result == REJECTED:
+            q.spool.ack((seq,))
+        return result
 
     def _wait_for_space(self, q: _Queue) -> _Queue:
         """drop_policy "block": wait (lock held, released while waiting) until the queue has
@@ -347,11 +385,29 @@ class Runtime:
         # Called with the lock held.
         if os.getpid() != self._pid:  # forked without the at-fork hook (uWSGI may skip it)
             self._after_fork()
-        q = _Queue(conf, key, self._counters_for(key, conf.name), handler, self.clock)
+        spool, replay = self._spool_for(conf, key) if conf.spool is not None else (None, [])
+        q = _Queue(conf, key, self._counters_for(key, conf.name), handler, self.clock, spool)
         self._queues[key] = q
         q.qlog(m.TRACE, m.QUEUE_CREATED)
+        if replay:
+            # Entries a previous run accepted and did not deliver: they go first, oldest first.
+            q.entries.extend(Spooled(seq, decode_entry(data)) for seq, data in replay)
+            q.bytes += sum(entry_size(v) or 0 for v in q.entries) if conf.max_bytes else 0
+            q.qlog(m.INFO, m.REPLAYED, len(replay))
         self._start_consumer(q)
         return q
+
+    def _spool_for(self, conf: QueueConfig, key: Key) -> tuple[EntryStore, list[tuple[int, bytes]]]:
+        """The queue's spool, opened once per process (queues come and go as they drain);
+        on first open, what the previous run left behind, to replay."""
+        assert conf.spool is not None
+        cache_key = (conf.spool.path, _label(key))
+        store = self._spools.get(cache_key)
+        if store is not None:
+            return store, []
+        store = self._storage().open_spool(conf.spool, _label(key))
+        self._spools[cache_key] = store
+        return store, store.pending()
 
     def _deliver_single(self, conf: QueueConfig, key: Key, handler: Handler,
                         handler_conf: Any, value: Any) -> bool:
@@ -466,10 +522,12 @@ class Runtime:
                         return
                     lost = q.on_result(self.clock(), r.error, ok=r.ok, permanent=r.permanent,
                                        retry_after=r.retry_after)
-                if lost is not None:
-                    self._batch_ids.pop(id(lost.entries), None)
-                    if q.conf.dead_letter is not None:
-                        await self._dead_letter(q, lost)
+                if r.ok or lost is not None:
+                    self._batch_ids.pop(id(action.batch), None)
+                if lost is not None and q.conf.dead_letter is not None:
+                    await self._dead_letter(q, lost)
+                if q.spool is not None and (r.ok or lost is not None):
+                    q.spool.ack([e.seq for e in action.batch if type(e) is Spooled])
 
     def _remove(self, q: _Queue) -> None:
         # Called with the lock held.
@@ -485,6 +543,8 @@ class Runtime:
         handler_conf = q.handler_conf  # the latest enqueuer's, re-read on every attempt
         timeout = q.conf.handler_timeout
         info = self._batch_info(q, batch)
+        if q.spool is not None:
+            batch = [e.value if type(e) is Spooled else e for e in batch]
         token = _current_batch.set(info)
         start = time.perf_counter()
         try:
@@ -509,7 +569,6 @@ class Runtime:
             _current_batch.reset(token)
             q.counters.observe_handler(time.perf_counter() - start)
         if result is True:
-            self._batch_ids.pop(id(batch), None)
             return _OK
         if isinstance(result, Failure):
             return _Result(result.reason, permanent=not result.retryable,
@@ -521,8 +580,13 @@ class Runtime:
     def _batch_info(self, q: _Queue, batch: list[Any]) -> BatchInfo:
         entry = self._batch_ids.get(id(batch))
         if entry is None or entry[0] is not batch:
-            self._batch_seq += 1
-            entry = self._batch_ids[id(batch)] = (batch, f"{self._uid}-{self._batch_seq}", 0)
+            if q.spool is not None and batch and type(batch[0]) is Spooled:
+                # Spool sequence numbers survive restarts, so the id does too.
+                batch_id = f"{_label(q.key)}-{batch[0].seq}-{batch[-1].seq}"
+            else:
+                self._batch_seq += 1
+                batch_id = f"{self._uid}-{self._batch_seq}"
+            entry = self._batch_ids[id(batch)] = (batch, batch_id, 0)
         attempt = entry[2] + 1
         self._batch_ids[id(batch)] = (batch, entry[1], attempt)
         return BatchInfo(entry[1], q.conf.name, attempt, len(batch))
@@ -535,7 +599,7 @@ class Runtime:
         if store is None:
             store = self._storage().open_dead_letters(settings)
             self._dead_letter_stores[settings.path] = store
-        entries = [encode_entry(v) for v in lost.entries]
+        entries = [encode_entry(v.value if type(v) is Spooled else v) for v in lost.entries]
         try:
             await self._threads.run(lambda: store.add(
                 q.conf.name, entries, lost.error, lost.attempts, None))
@@ -598,6 +662,7 @@ class Runtime:
         deadline = None if timeout is None else loop.time() + timeout
         with self._lock:
             lost_before = self._total_dropped()
+            kept_before = sum(c.kept_in_spool for c in self._counters.values())
             self._exiting = True
             wakers = [q.waker for q in self._queues.values() if q.waker is not None]
             for q in self._queues.values():
@@ -625,8 +690,15 @@ class Runtime:
                 self._queues.clear()
                 self._singles.clear()
                 lost = self._total_dropped() - lost_before
+                kept = sum(c.kept_in_spool for c in self._counters.values()) - kept_before
+                spools = list(self._spools.values())
+                self._spools.clear()
         finally:
             self._exiting = False
+        for store in spools:  # flushed to disk; reopened (and replayed) on the next use
+            await asyncio.get_running_loop().run_in_executor(None, store.close)
+        if kept:
+            log.warning(m.SHUTDOWN_KEPT, kept)
         if abandoned:
             log.error(m.SHUTDOWN_LOST, abandoned)
         if lost:

@@ -24,6 +24,7 @@ class Counters:
         "batches_sent",
         "bucket_counts",
         "dead_lettered",
+        "kept_in_spool",
         "dropped",
         "entries_sent",
         "failures",
@@ -43,6 +44,7 @@ class Counters:
         self.retries = 0
         self.failures = 0
         self.dead_lettered = 0
+        self.kept_in_spool = 0
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.last_error: str | None = None
         self.handler_calls = 0
@@ -86,6 +88,7 @@ class QueueStats:
     # Cumulative histogram: (upper bound in seconds, count of calls at or below it); +inf last.
     handler_buckets: tuple[tuple[float, int], ...] = ()
     dead_lettered: int = 0  # entries written to dead letters instead of being lost
+    kept_in_spool: int = 0  # entries left in the spool at a shutdown deadline (sent next start)
 
     @property
     def dropped_total(self) -> int:
@@ -109,7 +112,7 @@ def snapshot(
         depth=depth,
         bytes=nbytes,
         in_flight=in_flight,
-        enqueued=c.entries_sent + depth + in_flight + c.dead_lettered
+        enqueued=c.entries_sent + depth + in_flight + c.dead_lettered + c.kept_in_spool
         + sum(n for reason, n in c.dropped.items() if reason not in REJECTIONS),
         batches_sent=c.batches_sent,
         entries_sent=c.entries_sent,
@@ -121,4 +124,5 @@ def snapshot(
         handler_seconds=c.handler_seconds,
         handler_buckets=tuple(cumulative),
         dead_lettered=c.dead_lettered,
+        kept_in_spool=c.kept_in_spool,
     )
