@@ -101,9 +101,11 @@ class RelayqMiddleware:
         watch = Stopwatch(ctx)
         fill_request(ctx, scope)
         self.chain.access(ctx)
-        if ctx.upstream_headers:
+        if ctx.upstream_headers or ctx.upstream_headers_cleared:
             scope = dict(scope)
-            scope["headers"] = with_headers(scope.get("headers") or [], ctx.upstream_headers)
+            scope["headers"] = with_headers(
+                scope.get("headers") or [], ctx.upstream_headers, ctx.upstream_headers_cleared
+            )
         exchange = _Exchange(self.chain, ctx, watch, receive, send)
         watch.mark("access_end")
         watch.mark("upstream_start")
@@ -298,10 +300,11 @@ def _raw_path(scope: Scope) -> str:
 
 
 def with_headers(
-    raw: Iterable[tuple[bytes, bytes]], new: Mapping[str, str]
+    raw: Iterable[tuple[bytes, bytes]], new: Mapping[str, str], drop: Iterable[str] = ()
 ) -> list[tuple[bytes, bytes]]:
-    """``raw`` ASGI headers with each header of ``new`` set (replacing any of the same name)."""
-    names = {name.lower().encode("latin-1") for name in new}
+    """``raw`` ASGI headers without those named in ``drop``, with each header of ``new`` set
+    (replacing any of the same name)."""
+    names = {name.lower().encode("latin-1") for name in (*new, *drop)}
     kept = [(n, v) for n, v in raw if n.lower() not in names]
     kept.extend(
         (name.lower().encode("latin-1"), str(value).encode("latin-1"))

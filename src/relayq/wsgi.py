@@ -70,7 +70,8 @@ class RelayqMiddleware:
         fill_request(ctx, environ)
         self.chain.access(ctx)
         body = _CountingInput(environ.get("wsgi.input"))
-        environ = {**environ, "wsgi.input": body, **_environ_headers(ctx.upstream_headers)}
+        environ = _with_headers(environ, ctx.upstream_headers, ctx.upstream_headers_cleared)
+        environ["wsgi.input"] = body
         exchange = _Exchange(self.chain, ctx, watch, body, start_response)
         watch.mark("access_end")
         watch.mark("upstream_start")
@@ -253,12 +254,19 @@ def _raw_path(environ: Environ) -> str:
     return quote(path.encode("latin-1"), safe="/:@!$&'()*+,;=-._~%") or "/"
 
 
-def _environ_headers(headers: Mapping[str, str]) -> Environ:
-    out: Environ = {}
-    for name, value in headers.items():
-        key = name.upper().replace("-", "_")
-        out[key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"] = str(value)
+def _with_headers(environ: Environ, new: Mapping[str, str], drop: Iterable[str]) -> Environ:
+    """A copy of ``environ`` without the headers named in ``drop``, with ``new`` set."""
+    out = dict(environ)
+    for name in drop:
+        out.pop(_environ_key(name), None)
+    for name, value in new.items():
+        out[_environ_key(name)] = str(value)
     return out
+
+
+def _environ_key(name: str) -> str:
+    key = name.upper().replace("-", "_")
+    return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
 
 
 def _header_dict(headers: Iterable[tuple[str, str]]) -> dict[str, HeaderValue]:

@@ -16,6 +16,7 @@ from relayq.serializer import RequestContext
 @register
 class RecorderPlugin(Plugin):
     """Config: ``fail`` (phases that raise), ``inject`` (upstream headers set in access),
+    ``clear`` (request headers removed in access),
     ``add_response`` (response headers set in header_filter), ``log_sleep`` (seconds the log
     phase blocks), ``queue`` (a queue config: the log phase enqueues the context there)."""
 
@@ -35,11 +36,12 @@ class RecorderPlugin(Plugin):
     def validate(cls, config: Mapping[str, Any]) -> dict[str, Any]:
         from relayq.plugins import PluginConfigError
 
-        allowed = {"fail", "inject", "add_response", "log_sleep", "queue"}
+        allowed = {"fail", "inject", "clear", "add_response", "log_sleep", "queue"}
         unknown = {k: "unknown field" for k in config if k not in allowed}
         if unknown:
             raise PluginConfigError(cls.name, unknown)
-        return {"fail": [], "inject": {}, "add_response": {}, "log_sleep": 0.0, **config}
+        defaults = {"fail": [], "inject": {}, "clear": [], "add_response": {}, "log_sleep": 0.0}
+        return {**defaults, **config}
 
     def _event(self, phase: str) -> None:
         with self._lock:
@@ -50,6 +52,7 @@ class RecorderPlugin(Plugin):
     def access(self, ctx: RequestContext) -> None:
         self._event("access")
         ctx.upstream_headers.update(self.config["inject"])
+        ctx.upstream_headers_cleared.extend(self.config["clear"])
 
     def header_filter(self, ctx: RequestContext) -> None:
         with self._lock:

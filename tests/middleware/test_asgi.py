@@ -130,16 +130,19 @@ def test_streaming_response_sizes_and_receive_latency(runtime: relayq.Runtime) -
     assert ctx.request_latency >= ctx.receive_latency
 
 
-def test_access_injects_headers_the_app_sees(runtime: relayq.Runtime) -> None:
+def test_access_injects_and_clears_headers_the_app_sees(runtime: relayq.Runtime) -> None:
     traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    config = {"inject": {"traceparent": traceparent}, "clear": ["x-b3-sampled"]}
     mw = RelayqMiddleware(
-        make_app(),
-        plugins=[{"name": "test-recorder", "config": {"inject": {"traceparent": traceparent}}}],
-        runtime=runtime,
+        make_app(), plugins=[{"name": "test-recorder", "config": config}], runtime=runtime
     )
     with UvicornThread(mw) as server, httpx.Client(base_url=server.url) as client:
-        seen = client.get("/echo/1", headers={"traceparent": "00-old-old-00"}).json()["headers"]
+        sent = {"traceparent": "00-old-old-00", "x-b3-sampled": "1", "x-kept": "yes"}
+        seen = client.get("/echo/1", headers=sent).json()["headers"]
+        (ctx,) = recorder(mw).wait_logged(1)
     assert seen["traceparent"] == traceparent  # replaced, not duplicated
+    assert "x-b3-sampled" not in seen and seen["x-kept"] == "yes"
+    assert ctx.headers["traceparent"] == "00-old-old-00"  # the log shows what the client sent
 
 
 def test_plugins_run_by_priority_and_phase_order(runtime: relayq.Runtime) -> None:

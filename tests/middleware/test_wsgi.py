@@ -109,16 +109,21 @@ def test_log_phase_runs_only_after_the_last_chunk(runtime: relayq.Runtime) -> No
     assert ctx.receive_latency >= 50.0
 
 
-def test_access_injects_headers_the_app_sees(runtime: relayq.Runtime) -> None:
+def test_access_injects_and_clears_headers_the_app_sees(runtime: relayq.Runtime) -> None:
     app = make_app({})
-    inject = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    config = {
+        "inject": {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+        "clear": ["x-b3-sampled"],
+    }
     mw = RelayqMiddleware(
-        app.wsgi_app, plugins=[{"name": "test-recorder", "config": {"inject": inject}}]
+        app.wsgi_app, plugins=[{"name": "test-recorder", "config": config}], runtime=runtime
     )
     app.wsgi_app = mw  # type: ignore[method-assign]
     with WsgiThread(app) as server, httpx.Client(base_url=server.url) as client:
-        seen = client.get("/echo/1", headers={"traceparent": "00-old"}).json()["headers"]
-    assert seen["Traceparent"] == inject["traceparent"]
+        sent = {"traceparent": "00-old", "x-b3-sampled": "1", "x-kept": "yes"}
+        seen = client.get("/echo/1", headers=sent).json()["headers"]
+    assert seen["Traceparent"] == config["inject"]["traceparent"]  # type: ignore[index]
+    assert "X-B3-Sampled" not in seen and seen["X-Kept"] == "yes"
 
 
 def test_slow_log_phase_does_not_delay_the_response(runtime: relayq.Runtime) -> None:
