@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 import relayq
+from relayq import Failure
 from relayq.plugins import PluginConfigError, create_plugin
 from relayq.plugins._http import HttpResponse, HttpTransportError, MemoryHttpSender
 from relayq.plugins.http_log import (
@@ -25,6 +26,7 @@ from relayq.plugins.http_log import (
     parse_endpoint,
     queue_name,
     request_headers,
+    retry_after,
     send_entries,
 )
 from relayq.serializer import RequestContext, serialize
@@ -259,6 +261,14 @@ class TestEncoding:
 # ---------------------------------------------------------------------------- handler
 
 
+def test_retry_after_header() -> None:
+    assert retry_after(None) is None
+    assert retry_after(" 120 ") == 120.0
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412500.0) == 0.0
+    assert retry_after("soon") is None
+
+
 class TestHandler:
     def delivery(self, sender: MemoryHttpSender, *, array: bool = False) -> Delivery:
         return Delivery(
@@ -283,22 +293,28 @@ class TestHandler:
         )
 
     async def test_status_300_and_above_fail_with_kongs_message(self) -> None:
-        sender = MemoryHttpSender(HttpResponse(500, body=b"boom"), HttpResponse(301))
-        assert await send_entries(self.delivery(sender), [b"{}"]) == (
-            False,
-            "request to log.test:9000 returned status code 500 and body boom",
+        sender = MemoryHttpSender(
+            HttpResponse(500, body=b"boom"),
+            HttpResponse(301),
+            HttpResponse(400, body=b"bad"),
+            HttpResponse(429, headers={"retry-after": "7"}),
         )
-        assert await send_entries(self.delivery(sender), [b"{}"]) == (
-            False,
-            "request to log.test:9000 returned status code 301 and body ",
-        )
+        results = [await send_entries(self.delivery(sender), [b"{}"]) for _ in range(4)]
+        assert results == [
+            Failure("request to log.test:9000 returned status code 500 and body boom"),
+            Failure("request to log.test:9000 returned status code 301 and body ", retryable=False),
+            Failure(
+                "request to log.test:9000 returned status code 400 and body bad", retryable=False
+            ),
+            Failure("request to log.test:9000 returned status code 429 and body ", retry_after=7.0),
+        ]
 
     async def test_huge_error_body_is_cut_in_the_message(self) -> None:
         sender = MemoryHttpSender(HttpResponse(503, body=b"e" * 100_000))
         result = await send_entries(self.delivery(sender), [b"{}"])
-        assert isinstance(result, tuple)
-        assert result[1].endswith("e" * 4096 + "...")
-        assert len(result[1]) < 4200
+        assert isinstance(result, Failure)
+        assert result.reason.endswith("e" * 4096 + "...")
+        assert len(result.reason) < 4200
 
     async def test_transport_error(self) -> None:
         sender = MemoryHttpSender(HttpTransportError("timeout"))
@@ -612,3 +628,29 @@ async def test_connection_refused(rt: relayq.Runtime, caplog: pytest.LogCaptureF
         f"handler could not process entries: failed request to 127.0.0.1:{port}: connection refused"
         in [m.split(": ", 1)[1] for m in messages(caplog)]
     )
+
+
+async def test_retry_on_retryable_drops_client_errors_and_honours_retry_after(
+    rx: HttpReceiver, rt: relayq.Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="relayq")
+    rx.script(Reply(400, b"malformed"), Reply(429, headers={"Retry-After": "1"}))
+    p = plugin(
+        rt,
+        {
+            "http_endpoint": f"{rx.url}/classes",
+            "queue": {"retry_on": "retryable", "initial_retry_delay": 0.01},
+        },
+    )
+    p.log(ctx(1))
+    await asyncio.to_thread(rx.wait_for, 1)
+    assert await rt.drain(timeout=5)
+    assert any(
+        m.endswith("could not send entries: permanent failure. 1 queue entries were lost")
+        for m in messages(caplog)
+    )
+    assert rt.stats()[p.queue_name].dropped["permanent"] == 1
+    p.log(ctx(2))
+    limited, accepted = (await asyncio.to_thread(rx.wait_for, 3))[1:]
+    assert accepted.at - limited.at >= 0.9
+    assert accepted.json()["request"]["id"] == "id-2"

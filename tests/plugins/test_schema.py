@@ -287,6 +287,21 @@ class TestQueueRecord:
         assert partial["max_batch_size"] == 1
         assert partial["max_entries"] == 5
 
+    def test_relayq_extras_are_validated_by_the_engine(self) -> None:
+        queue = self.SCHEMA.validate(
+            {"queue": {"retry_on": "retryable", "handler_timeout": 5, "drop_policy": "block"}}
+        )["queue"]
+        assert (queue["retry_on"], queue["handler_timeout"], queue["drop_policy"]) == (
+            "retryable",
+            5,
+            "block",
+        )
+        assert queue["spool"] is None
+        errors = errors_of(self.SCHEMA, {"queue": {"retry_on": "sometimes", "spool": {}}})
+        assert errors == {
+            "queue.retry_on": "retry_on must be one of: all, retryable (got 'sometimes')"
+        }
+
     def test_concurrency_limit_minus_one_allowed(self) -> None:
         queue = self.SCHEMA.validate({"queue": {"concurrency_limit": -1}})["queue"]
         assert queue["concurrency_limit"] == -1

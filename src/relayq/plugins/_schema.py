@@ -40,7 +40,9 @@ from relayq.plugins._luanum import lua_number
 
 log = logging.getLogger("relayq.plugins")
 
-FieldType = Literal["string", "integer", "number", "boolean", "array", "set", "map", "record"]
+FieldType = Literal[
+    "string", "integer", "number", "boolean", "array", "set", "map", "record", "any"
+]
 
 
 class _NoDefault:
@@ -249,6 +251,12 @@ def _check(spec: Field, value: Any, path: str, errors: dict[str, str], deps: lis
                 _add(errors, path, problem)
         return result
 
+    if kind == "any":  # validated only by ``check`` (or an entity check)
+        if spec.check is not None:
+            problem = spec.check(value)
+            if problem is not None:
+                _add(errors, path, problem)
+        return value
     normalised = _check_scalar_type(kind, value)
     if normalised is _BAD:
         _add(errors, path, _TYPE_ERRORS[kind])
@@ -432,13 +440,19 @@ def _queue_subfield(spec: Any) -> Field:
     )
 
 
-def _check_queue(record: Mapping[str, Any]) -> str | None:
+def _check_queue(record: Mapping[str, Any]) -> str | dict[str, str] | None:
+    """The engine's own validation of the whole record; its message names the field first
+    (``retry_on must be one of: ...``, ``spool.path is required``), so it is reported there."""
     from relayq.queue import validate_queue_record
 
     try:
         validate_queue_record(record, allow_extra=True)
     except (TypeError, ValueError) as exc:
-        return str(exc)
+        message = str(exc)
+        head = re.match(r"([a-z_]+)[.: ]", message)
+        if head is not None and head.group(1) in record:
+            return {head.group(1): message}
+        return message
     return None
 
 
@@ -447,12 +461,18 @@ def queue_record(default: Any = NO_DEFAULT) -> Field:
 
     ``default`` is the record default used only when the whole record is absent (OpenTelemetry
     passes ``{"max_batch_size": 200}``); a partial record gets each field's own default. Besides
-    Kong's eight fields the record accepts relayq's extras (``handler_timeout``).
+    Kong's eight fields the record accepts relayq's extras (``handler_timeout``, ``retry_on``,
+    ``drop_policy``, ``spool``, ``dead_letter``...), validated by the engine itself.
     """
     from relayq.queue import EXTRA_FIELDS, QUEUE_FIELDS
+    from relayq.queue._config import BEYOND_KONG_FIELDS
 
     specs = (*QUEUE_FIELDS, *EXTRA_FIELDS)
     fields = tuple((spec.name, _queue_subfield(spec)) for spec in specs)
+    known = {name for name, _ in fields}
+    fields += tuple(
+        (name, Field(type="any", default=None)) for name in BEYOND_KONG_FIELDS if name not in known
+    )
     return Field(
         type="record",
         fields=fields,

@@ -17,7 +17,7 @@ from relayq.plugins._enqueue import QueueBinding
 from relayq.plugins._http import HttpSender, shared_sender
 from relayq.plugins.http_log._encode import encode_body, encode_entry
 from relayq.plugins.http_log._endpoint import Endpoint, parse_endpoint, queue_name
-from relayq.plugins.http_log._handler import Delivery, send_entries
+from relayq.plugins.http_log._handler import Delivery, retry_after, send_entries
 from relayq.plugins.http_log._schema import SCHEMA
 from relayq.serializer import RequestContext, serialize
 
@@ -99,5 +99,6 @@ __all__ = [
     "parse_endpoint",
     "queue_name",
     "request_headers",
+    "retry_after",
     "send_entries",
 ]
