@@ -58,8 +58,20 @@ EXTRACT_FORMATS: tuple[str, ...] = tuple(f for f in FORMATS if f != B3_SINGLE)
 INJECT_FORMATS: tuple[str, ...] = (PRESERVE, *FORMATS)
 """Values allowed in ``propagation.inject``."""
 
-HEADER_TYPES: tuple[str, ...] = (PRESERVE, IGNORE, *FORMATS)
-"""Values of the deprecated ``header_type`` field."""
+HEADER_TYPES: tuple[str, ...] = (
+    PRESERVE,
+    IGNORE,
+    B3,
+    B3_SINGLE,
+    W3C,
+    JAEGER,
+    OT,
+    AWS,
+    GCP,
+    DATADOG,
+    INSTANA,
+)
+"""Values of the deprecated ``header_type`` field, in Kong's order."""
 
 # The order the pre-3.7 propagation module tried formats in; the legacy ``header_type``
 # conversion keeps it so old configs keep extracting what they used to.
