@@ -463,15 +463,18 @@ def status_rows(document: dict[str, Any]) -> list[list[str]]:
     """One row per (worker, queue), as strings in ``COLUMNS`` order."""
     from relayq.status import queue_table
 
+    table = queue_table(document["workers"])
+    # The workspace prefix of the keys only tells queues apart when there are several.
+    single_workspace = len({q.get("workspace") for q in table}) <= 1
     rows = []
-    for q in queue_table(document["workers"]):
+    for q in table:
         dropped = {k: v for k, v in (q.get("dropped") or {}).items() if v}
         detail = ",".join(f"{k}={v}" for k, v in sorted(dropped.items()))
         total = sum(dropped.values())
         rows.append(
             [
                 str(q.get("pid", "")),
-                str(q.get("queue", "")),
+                str(q.get("name") if single_workspace and q.get("name") else q.get("queue")),
                 str(q.get("depth", 0)),
                 str(q.get("bytes", 0)),
                 str(q.get("in_flight", 0)),

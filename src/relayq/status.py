@@ -122,13 +122,16 @@ def worker_status(runtime: Any = None) -> WorkerStatus:
         unique, n = name, 2
         while unique in queues:  # two names differing only in their credentials
             unique, n = f"{name}#{n}", n + 1
-        queues[unique] = _queue_status(stats)
+        entry = _queue_status(stats)
+        entry["name"] += unique[len(name) :]
+        queues[unique] = entry
     return {"pid": os.getpid(), "queues": queues}
 
 
 def _queue_status(s: Any) -> dict[str, Any]:
     last_error = getattr(s, "last_error", None)
     return {
+        "name": redact(str(s.name)),
         "workspace": getattr(s, "workspace", None),
         "depth": int(s.depth),
         "bytes": int(s.bytes),
@@ -151,7 +154,7 @@ def _queue_status(s: Any) -> dict[str, Any]:
 
 def metric_families(workers: list[WorkerStatus]) -> Iterator[Metric]:
     """Prometheus metric families for the given worker snapshots, labelled by worker pid."""
-    labels = ["worker", "queue"]
+    labels = ["worker", "workspace", "queue"]
     gauges = {
         "depth": GaugeMetricFamily(
             "relayq_queue_depth", "Entries waiting in the queue.", labels=labels
@@ -188,8 +191,9 @@ def metric_families(workers: list[WorkerStatus]) -> Iterator[Metric]:
     )
     for worker in workers:
         pid = str(worker.get("pid", ""))
-        for name, q in worker.get("queues", {}).items():
-            values = [pid, redact(name)]
+        for label, q in worker.get("queues", {}).items():
+            # Label by the queue's own name: the key adds the workspace, which has its own label.
+            values = [pid, str(q.get("workspace") or ""), redact(str(q.get("name") or label))]
             for key, family in gauges.items():
                 family.add_metric(values, float(q.get(key, 0)))
             for key, counter in counters.items():

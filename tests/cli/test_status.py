@@ -120,6 +120,35 @@ async def test_runtime_collector_in_a_user_registry() -> None:
     await rt.aclose(timeout=1)
 
 
+async def test_workspaces_and_names_differing_only_in_credentials() -> None:
+    rt = relayq.Runtime()
+    conf = {"max_coalescing_delay": 1000, "max_batch_size": 10}
+    rt.enqueue({**conf, "name": "http://a:one@h/x"}, lambda c, e: True, 0, 1)
+    rt.enqueue({**conf, "name": "http://b:two@h/x"}, lambda c, e: True, 0, 1)
+    with relayq.workspace("ws1"):
+        rt.enqueue({**conf, "name": "shared"}, lambda c, e: True, 0, 1)
+    rt.enqueue({**conf, "name": "shared"}, lambda c, e: True, 0, 1)
+    async with StatusListener(runtime=rt) as listener, httpx.AsyncClient() as client:
+        queues = (await client.get(f"{listener.url}/status")).json()["workers"][0]["queues"]
+        metrics = (await client.get(f"{listener.url}/metrics")).text
+    assert set(queues) == {"http://***@h/x", "http://***@h/x#2", "shared", "ws1.shared"}
+    assert queues["ws1.shared"]["name"] == "shared" and queues["ws1.shared"]["workspace"] == "ws1"
+    depth = {
+        (s.labels["workspace"], s.labels["queue"]): s.value
+        for f in text_string_to_metric_families(metrics)
+        if f.name == "relayq_queue_depth"
+        for s in f.samples
+    }
+    assert depth == {
+        ("", "http://***@h/x"): 1,
+        ("", "http://***@h/x#2"): 1,
+        ("", "shared"): 1,
+        ("ws1", "shared"): 1,
+    }
+    assert ":one@" not in metrics and ":two@" not in metrics
+    await rt.aclose(timeout=1)
+
+
 def test_redact_hides_userinfo_only() -> None:
     assert redact("https://a:b@h:1/p?q=1") == "https://***@h:1/p?q=1"
     assert redact("http://tok@h/") == "http://***@h/"
@@ -214,7 +243,8 @@ async def test_gathers_every_worker_from_a_directory(tmp_path: Path) -> None:
         }
         assert by_pid[child.pid]["child-q"]["depth"] == 4
         assert by_pid[os.getpid()]["parent-q"]["depth"] == 1
-        assert f'relayq_queue_depth{{queue="child-q",worker="{child.pid}"}} 4.0' in metrics
+        expected = f'relayq_queue_depth{{queue="child-q",worker="{child.pid}",workspace=""}} 4.0'
+        assert expected in metrics
         assert not (tmp_path / "worker-999999.sock").exists()
         await rt.aclose(timeout=1)
     finally:
