@@ -14,8 +14,9 @@ to middleware and not counted.
 
 Usage::
 
-    app = RelayqMiddleware(app, plugins=[{"name": "http-log",
-                                          "config": {"http_endpoint": "http://logs:9000/"}}])
+    plugins = [{"name": "http-log", "config": {"http_endpoint": "http://logs:9000/"}}]
+    app = RelayqMiddleware(app, plugins=plugins)
+    # or, with Starlette / FastAPI:  app.add_middleware(RelayqMiddleware, plugins=plugins)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from urllib.parse import quote
 
 from relayq._hostcore import (
     PluginChain,
+    PluginsConfigError,
     RuntimeLike,
     Stopwatch,
     build_plugins,
@@ -43,7 +45,7 @@ from relayq._hostcore import (
 )
 from relayq.serializer import RequestContext
 
-__all__ = ["RelayqMiddleware"]
+__all__ = ["PluginsConfigError", "RelayqMiddleware"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -63,7 +65,7 @@ class RelayqMiddleware:
 
     ``plugins`` has the shape of a Kong declarative ``plugins[]`` list (``name``, ``config``,
     optional ``id``, ``instance_name``, ``enabled``); it is validated here, and every problem
-    is reported at once as ``relayq._hostcore.PluginsConfigError`` (a ``ValueError``).
+    is reported at once as ``PluginsConfigError`` (a ``ValueError`` with ``errors``).
     ``runtime`` is the ``relayq.Runtime`` the plugins enqueue into (``None``: the process-wide
     default). On lifespan shutdown the runtime is closed within ``shutdown_timeout`` seconds
     unless ``close_runtime`` is false (for a runtime shared with other code).

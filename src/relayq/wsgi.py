@@ -8,6 +8,7 @@ never blocks, so a slow or failing log server cannot hold a worker thread either
 Usage::
 
     app.wsgi_app = RelayqMiddleware(app.wsgi_app, plugins=[...])      # Flask
+    application = RelayqMiddleware(get_wsgi_application(), plugins=[...])  # Django wsgi.py
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from relayq._hostcore import (
     PluginChain,
+    PluginsConfigError,
     RuntimeLike,
     Stopwatch,
     add_header,
@@ -33,7 +35,7 @@ from relayq._hostcore import (
 )
 from relayq.serializer import HeaderValue, RequestContext
 
-__all__ = ["RelayqMiddleware"]
+__all__ = ["PluginsConfigError", "RelayqMiddleware"]
 
 log = logging.getLogger("relayq.wsgi")
 
@@ -46,9 +48,10 @@ class RelayqMiddleware:
     """Wrap a WSGI app so every request runs the configured plugins' phases.
 
     ``plugins`` has the shape of a Kong declarative ``plugins[]`` list and is validated here
-    (every problem at once, as a ``ValueError`` with ``errors``). ``runtime`` is the
-    ``relayq.Runtime`` the plugins enqueue into; ``None`` means the process-wide default, whose
-    background thread delivers entries and whose ``atexit`` hook flushes them.
+    (every problem at once, as ``PluginsConfigError``, a ``ValueError`` with ``errors``).
+    ``runtime`` is the ``relayq.Runtime`` the plugins enqueue into; ``None`` means the
+    process-wide default, whose background thread delivers entries and whose ``atexit`` hook
+    flushes them.
     """
 
     def __init__(

@@ -15,8 +15,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 import relayq
-from relayq._hostcore import PluginsConfigError
-from relayq.asgi import RelayqMiddleware
+from relayq.asgi import PluginsConfigError, RelayqMiddleware
 
 from .fakes import RecorderPlugin
 from .servers import UvicornThread
@@ -234,6 +233,16 @@ def test_lifespan_shutdown_flushes_coalescing_entries(runtime: relayq.Runtime) -
         assert time.monotonic() - started < 5
         assert len(plugin.delivered) == 3
         assert mw.undelivered == 0
+
+
+def test_starlette_add_middleware(runtime: relayq.Runtime) -> None:
+    app = make_app()
+    config = {"add_response": {"x-relayq": "via add_middleware"}}
+    app.add_middleware(
+        RelayqMiddleware, plugins=[{"name": "test-recorder", "config": config}], runtime=runtime
+    )
+    with UvicornThread(app) as server, httpx.Client(base_url=server.url) as client:
+        assert client.get("/plain").headers["x-relayq"] == "via add_middleware"
 
 
 def test_without_plugins_the_app_is_untouched() -> None:
