@@ -17,6 +17,7 @@ from relayq.plugins.statsd import (
     StatsdPlugin,
     format_line,
     metric_lines,
+    metrics_entry,
     pack_datagrams,
     status_ranges,
 )
@@ -264,6 +265,32 @@ class TestLines:
             {"name": "status_count_per_user_per_route", "stat_type": "counter", "sample_rate": 1}
         ]
         assert lines(ctx(route=None), metrics=metric) == []
+
+
+class TestEntry:
+    @pytest.mark.parametrize("style", [None, "dogstatsd"])
+    @pytest.mark.parametrize(
+        "message",
+        [
+            ctx(),
+            ctx(service=None, route=None, consumer=None, proxy_latency=-1.0, status=404),
+            ctx(workspace_id="", kong_latency=0.25),
+        ],
+    )
+    def test_the_queued_fields_give_the_same_lines_as_the_full_log(
+        self, message: RequestContext, style: str | None
+    ) -> None:
+        conf = settings(tag_style=style)
+        assert metric_lines(conf, metrics_entry(message)) == metric_lines(conf, serialize(message))
+
+    def test_custom_serialize_values_reach_the_metrics(self) -> None:
+        message = ctx(serialize_values={"latencies.request": 99, "service.name": "renamed"})
+        metric = [{"name": "latency", "stat_type": "timer"}]
+        entry = metrics_entry(message)
+        assert entry == serialize(message)
+        assert metric_lines(settings(metrics=metric), entry) == [
+            "kong.service.renamed.latency:99|ms"
+        ]
 
 
 class TestTags:

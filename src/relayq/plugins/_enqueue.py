@@ -16,7 +16,8 @@ from typing import Any
 
 import relayq
 from relayq.plugins._base import Plugin
-from relayq.queue import QueueConfig, legacy_overrides, workspace
+from relayq.queue import QueueConfig, legacy_overrides
+from relayq.queue._runtime import _workspace as _current_workspace
 from relayq.serializer import RequestContext
 
 log = logging.getLogger("relayq.plugins")
@@ -79,8 +80,12 @@ class QueueBinding:
         params = self.params()
         target = self.target
         if ctx.workspace_id:
-            with workspace(ctx.workspace_id):
+            # relayq.workspace() without the context-manager overhead (it is per request)
+            token = _current_workspace.set(ctx.workspace_id)
+            try:
                 ok: bool = target.enqueue(params, handler, handler_conf, entry)
+            finally:
+                _current_workspace.reset(token)
         else:
             ok = target.enqueue(params, handler, handler_conf, entry)
         if not ok:

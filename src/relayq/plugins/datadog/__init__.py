@@ -1,8 +1,9 @@
 """The datadog plugin: per-request metrics as DogStatsD lines over UDP.
 
-Each request's serialized log is queued; the batch handler sends one datagram per configured
-metric with Kong's tags. With ``host``/``port`` set to null the agent address comes from
-``KONG_DATADOG_AGENT_HOST`` / ``KONG_DATADOG_AGENT_PORT``, read when the plugin is built.
+Each request's metric fields of the serialized log are queued (see ``statsd.metrics_entry``);
+the batch handler sends one datagram per configured metric with Kong's tags. With
+``host``/``port`` set to null the agent address comes from ``KONG_DATADOG_AGENT_HOST`` /
+``KONG_DATADOG_AGENT_PORT``, read when the plugin is built.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from relayq.plugins.datadog._encode import (
 )
 from relayq.plugins.datadog._handler import Delivery, send_entries
 from relayq.plugins.datadog._schema import DEFAULT_METRICS, SCHEMA
-from relayq.serializer import RequestContext, serialize
+from relayq.plugins.statsd._entry import metrics_entry
+from relayq.serializer import RequestContext
 
 HOST_ENV = "KONG_DATADOG_AGENT_HOST"
 PORT_ENV = "KONG_DATADOG_AGENT_PORT"
@@ -74,7 +76,7 @@ class DatadogPlugin(Plugin):
         return SCHEMA.validate(config)
 
     def log(self, ctx: RequestContext) -> None:
-        self.queue.enqueue(ctx, send_entries, self.delivery, serialize(ctx))
+        self.queue.enqueue(ctx, send_entries, self.delivery, metrics_entry(ctx))
 
 
 __all__ = [

@@ -1,6 +1,7 @@
 """The statsd plugin: per-request metrics as StatsD lines over UDP or TCP.
 
-Each request's serialized log is queued (unless its status is outside ``allow_status_codes``);
+Each request's metric fields of the serialized log are queued (``metrics_entry``; unless its
+status is outside ``allow_status_codes``);
 the batch handler turns every entry into the configured metrics' lines and sends them, one
 datagram per line or packed up to ``udp_packet_size``, or newline-terminated over TCP.
 """
@@ -20,9 +21,10 @@ from relayq.plugins.statsd._encode import (
     metric_lines,
     pack_datagrams,
 )
+from relayq.plugins.statsd._entry import metrics_entry
 from relayq.plugins.statsd._handler import Delivery, send_entries
 from relayq.plugins.statsd._schema import DEFAULT_METRICS, SCHEMA
-from relayq.serializer import RequestContext, serialize
+from relayq.serializer import RequestContext
 
 
 def status_ranges(specs: Sequence[str] | None) -> tuple[tuple[int, int], ...] | None:
@@ -72,7 +74,7 @@ class StatsdPlugin(Plugin):
         allowed = self.allowed
         if allowed is not None and not any(low <= ctx.status <= high for low, high in allowed):
             return
-        self.queue.enqueue(ctx, send_entries, self.delivery, serialize(ctx))
+        self.queue.enqueue(ctx, send_entries, self.delivery, metrics_entry(ctx))
 
 
 __all__ = [
@@ -85,6 +87,7 @@ __all__ = [
     "StatsdPlugin",
     "format_line",
     "metric_lines",
+    "metrics_entry",
     "pack_datagrams",
     "send_entries",
     "status_ranges",
