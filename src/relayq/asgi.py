@@ -113,6 +113,10 @@ class RelayqMiddleware:
         watch.mark("upstream_start")
         try:
             await self.app(scope, exchange.receive, exchange.send)
+        except asyncio.CancelledError:
+            if not exchange.started:
+                ctx.status, ctx.source = 499, "kong"  # nginx's "client closed request"
+            raise
         except BaseException:
             if not exchange.started:
                 # The server answers for the app: Kong counts such responses as its own.

@@ -205,6 +205,32 @@ def test_app_exception_is_logged_as_500(runtime: relayq.Runtime) -> None:
     assert ctx.status == 500
 
 
+async def test_cancelled_before_responding_is_logged_as_499() -> None:
+    """Without a server: a client that went away cancels the app before any response."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise asyncio.CancelledError
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        raise AssertionError("nothing may be sent")
+
+    mw = RelayqMiddleware(app, plugins=[{"name": "test-recorder"}], runtime=relayq.Runtime())
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "query_string": b""}
+    with pytest.raises(asyncio.CancelledError):
+        await mw(scope, receive, send)
+    plugin = recorder(mw)
+    assert plugin.logged == []  # scheduled, not run inline
+    for _ in range(100):
+        if plugin.logged:
+            break
+        await asyncio.sleep(0.01)
+    (ctx,) = plugin.logged
+    assert (ctx.status, ctx.source, ctx.path, ctx.response_size) == (499, "kong", "/", 0)
+
+
 async def _raw_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         raise RuntimeError("this app only speaks http")  # no lifespan support
