@@ -427,6 +427,8 @@ def fetch_status(url: str, timeout: float = 5.0) -> dict[str, Any]:
     """GET ``<url>/status`` from a status listener."""
     import httpx
 
+    if "://" not in url:
+        url = f"http://{url}"  # "127.0.0.1:8007" is what --status-listen was given
     target = url.rstrip("/") + "/status"
     try:
         response = httpx.get(target, timeout=timeout)

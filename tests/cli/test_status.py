@@ -271,6 +271,7 @@ def test_relayq_status_prints_a_table() -> None:
     with StatusListener(runtime=rt) as listener:
         result = run_cli("status", "--url", listener.url)
         as_json = run_cli("status", "--url", listener.url, "--json")
+        bare = run_cli("status", "--url", listener.url.removeprefix("http://"))
     assert result.returncode == 0, result.stderr
     header, row = result.stdout.splitlines()
     assert header.split() == [
@@ -279,6 +280,7 @@ def test_relayq_status_prints_a_table() -> None:
     assert row.split() == [str(os.getpid()), "table-q", "2", "0", "0", "0", "0", "0", "-"]
     assert "\x1b[" not in result.stdout  # no colour when piped
     assert as_json.returncode == 0
+    assert bare.returncode == 0 and bare.stdout == result.stdout
     assert '"table-q"' in as_json.stdout
     rt.shutdown(timeout=2)
 
