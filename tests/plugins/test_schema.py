@@ -405,3 +405,22 @@ class TestTypedefs:
 def test_no_default_marker_is_distinct_from_none() -> None:
     assert NO_DEFAULT is not None
     assert repr(NO_DEFAULT) == "NO_DEFAULT"
+
+
+def test_the_documented_examples_are_valid() -> None:
+    """Every YAML example in docs/plugins.md validates with its plugin's schema."""
+    import re
+    from pathlib import Path
+
+    from ruamel.yaml import YAML
+
+    from relayq.plugins import plugin_class
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "plugins.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    names = []
+    for block in blocks:
+        for entry in YAML(typ="safe").load(block)["plugins"]:
+            plugin_class(entry["name"]).validate(entry["config"])
+            names.append(entry["name"])
+    assert names == ["http-log", "statsd", "datadog"]
