@@ -654,3 +654,27 @@ async def test_retry_on_retryable_drops_client_errors_and_honours_retry_after(
     limited, accepted = (await asyncio.to_thread(rx.wait_for, 3))[1:]
     assert accepted.at - limited.at >= 0.9
     assert accepted.json()["request"]["id"] == "id-2"
+
+
+async def test_legacy_runtime_warning_repeats_once_a_minute(
+    rx: HttpReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = [1000.0]
+    runtime = relayq.Runtime(clock=lambda: now[0])
+    caplog.set_level(logging.WARNING, logger="relayq")
+    warning = (
+        "the retry_count parameter no longer works, please update your configuration to use "
+        "initial_retry_delay and max_retry_time instead"
+    )
+    try:
+        p = plugin(runtime, {"http_endpoint": f"{rx.url}/legacy", "retry_count": 3})
+        for _ in range(5):
+            p.log(ctx(1))
+        assert messages(caplog).count(warning) == 1
+        now[0] += 61
+        p.log(ctx(2))
+        p.log(ctx(3))
+        assert messages(caplog).count(warning) == 2
+        assert p.queue_name.endswith(":60000:3")
+    finally:
+        await runtime.aclose(timeout=5)

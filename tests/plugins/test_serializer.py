@@ -7,7 +7,7 @@ import json
 import orjson
 import pytest
 
-from relayq.serializer import RequestContext, parse_query, serialize
+from relayq.serializer import HeaderValue, RequestContext, parse_query, serialize
 
 
 def full_context() -> RequestContext:
@@ -213,7 +213,10 @@ class TestHostileInput:
         assert decoded["request"]["headers"]["x-name"] == "caf\u00e9"
 
     def test_only_the_first_100_headers_are_kept(self) -> None:
-        headers = {"authorization": "secret", **{f"x-h{i}": "v" for i in range(500)}}
+        headers: dict[str, HeaderValue] = {
+            "authorization": "secret",
+            **{f"x-h{i}": "v" for i in range(500)},
+        }
         log = serialize(RequestContext(headers=headers, response_headers={"a": "1", **headers}))
         assert len(log["request"]["headers"]) == 100
         assert log["request"]["headers"]["authorization"] == "REDACTED"

@@ -38,6 +38,8 @@ class QueueBinding:
         self.queue_name = queue_name
         self.failure = failure
         self._has_legacy = bool(legacy_overrides(plugin.config))
+        # the runtime's clock, so a fake clock drives the warning interval in tests too
+        self._clock: Callable[[], float] = getattr(plugin.runtime, "clock", time.monotonic)
         self._params: QueueConfig | None = None
         self._computed_at = 0.0
         self.params()  # a bad queue record fails at construction, not on the request path
@@ -51,7 +53,7 @@ class QueueBinding:
         """The queue parameters (Kong's ``get_plugin_params`` result) for this instance."""
         params = self._params
         if params is not None and not (
-            self._has_legacy and time.monotonic() - self._computed_at >= _WARNING_INTERVAL
+            self._has_legacy and self._clock() - self._computed_at >= _WARNING_INTERVAL
         ):
             return params
         runtime = self.plugin.runtime
@@ -65,7 +67,7 @@ class QueueBinding:
             throttle=throttle,
         )
         self._params = params
-        self._computed_at = time.monotonic()
+        self._computed_at = self._clock()
         return params
 
     def enqueue(
