@@ -61,6 +61,12 @@ class _Handler(BaseHTTPRequestHandler):
         return b"".join(parts)
 
     def _handle(self) -> None:
+        try:
+            self._answer()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the gateway gave up (a timeout test)
+
+    def _answer(self) -> None:
         url = urlsplit(self.path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         seen = Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
