@@ -30,7 +30,7 @@ from relayq.plugins.http_log import (
     send_entries,
 )
 from relayq.serializer import RequestContext, serialize
-from tests.support.http_receiver import HttpReceiver, Reply
+from tests.support.http_receiver import HttpReceiver, Reply, self_signed_certificate
 
 SECRET = "s3cr3t-pw"
 
@@ -678,3 +678,39 @@ async def test_legacy_runtime_warning_repeats_once_a_minute(
         assert p.queue_name.endswith(":60000:3")
     finally:
         await runtime.aclose(timeout=5)
+
+
+async def test_compressed_error_body_is_quoted_decoded(
+    rx: HttpReceiver, rt: relayq.Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    import gzip
+
+    caplog.set_level(logging.WARNING, logger="relayq")
+    rx.script(Reply(502, gzip.compress(b"upstream gone"), headers={"Content-Encoding": "gzip"}))
+    p = plugin(rt, {"http_endpoint": f"{rx.url}/gz", "queue": {"initial_retry_delay": 0.01}})
+    p.log(ctx(1))
+    await asyncio.to_thread(rx.wait_for, 2)
+    assert await rt.drain(timeout=5)
+    assert any(m.endswith("status code 502 and body upstream gone") for m in messages(caplog))
+
+
+async def test_tls_is_verified_unless_turned_off(
+    rt: relayq.Runtime, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="relayq")
+    with HttpReceiver(tls=self_signed_certificate(str(tmp_path))) as https:
+        strict = plugin(
+            rt,
+            {"http_endpoint": f"{https.url}/tls", "queue": {"max_retry_time": 0.05}},
+            "strict",
+        )
+        strict.log(ctx(1))
+        assert await rt.drain(timeout=5)
+        failures = [m for m in messages(caplog) if "could not process" in m]
+        assert failures and f"failed request to 127.0.0.1:{https.port}: " in failures[0]
+        assert "certificate verify failed" in failures[0]
+        assert https.requests == []
+        relaxed = plugin(rt, {"http_endpoint": f"{https.url}/tls", "ssl_verify": False}, "relaxed")
+        relaxed.log(ctx(2))
+        [got] = await asyncio.to_thread(https.wait_for, 1)
+        assert got.json()["request"]["id"] == "id-2"

@@ -11,13 +11,15 @@ Usage::
 Requests are recorded *before* the reply is produced, so a request answered slowly or with a
 connection reset is still visible. Unscripted requests get ``default`` (200, empty body).
 HTTP/1.1 keep-alive is supported; ``Received.connection`` identifies the client connection so
-tests can check that connections are reused.
+tests can check that connections are reused. ``tls=(certfile, keyfile)`` serves HTTPS
+(``self_signed_certificate`` makes a pair with the openssl command line tool).
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -125,7 +127,7 @@ class _Server(ThreadingHTTPServer):
 class HttpReceiver:
     """The recording server; see the module docstring."""
 
-    def __init__(self, default: Reply | None = None) -> None:
+    def __init__(self, default: Reply | None = None, *, tls: tuple[str, str] | None = None) -> None:
         self.default = default or Reply()
         self._script: list[Reply] = []
         self._received: list[Received] = []
@@ -135,9 +137,13 @@ class HttpReceiver:
         self.connections = 0  # client connections accepted so far
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.receiver = self
+        if tls is not None:  # (certificate file, key file): serve HTTPS
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self.host = "127.0.0.1"
         self.port: int = self._server.server_address[1]
-        self.url = f"http://{self.host}:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://{self.host}:{self.port}"
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -192,3 +198,37 @@ class HttpReceiver:
                     )
                 self._arrived.wait(remaining)
             return list(self._received)
+
+
+def self_signed_certificate(directory: str) -> tuple[str, str]:
+    """A throwaway certificate for 127.0.0.1 and its key, made with ``openssl`` (which must be
+    installed: the TLS tests fail without it rather than being skipped)."""
+    import subprocess
+    from pathlib import Path
+
+    cert, key = str(Path(directory) / "cert.pem"), str(Path(directory) / "key.pem")
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key

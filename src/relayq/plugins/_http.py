@@ -186,7 +186,7 @@ class HttpxSender(HttpSender):
             try:
                 chunks: list[bytes] = []
                 size = 0
-                async for chunk in response.aiter_raw():
+                async for chunk in response.aiter_bytes():
                     if size < self.max_response_body:
                         chunks.append(chunk[: self.max_response_body - size])
                     size += len(chunk)
