@@ -17,14 +17,13 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import (
     AnyValue,
-    ArrayValue,
     InstrumentationScope,
     KeyValue,
     KeyValueList,
 )
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from relayq.plugins._propagation import SPAN_ID_SIZE, TRACE_ID_SIZE, node_id, resize_id
 from relayq.plugins.opentelemetry._logcapture import LogData
@@ -46,30 +45,49 @@ def _text(value: str) -> str:
     return value
 
 
-def any_value(value: Any, key: str | None = None) -> AnyValue:
-    """One attribute value as Kong's ``transform_value`` types it."""
-    if key in _INT_KEYS and isinstance(value, int | float) and not isinstance(value, bool):
-        return AnyValue(int_value=int(value))
+def set_value(target: AnyValue, value: Any, key: str | None = None) -> None:
+    """Fill ``target`` with one attribute value, typed as Kong's ``transform_value`` does."""
     if isinstance(value, str):
-        return AnyValue(string_value=_text(value))
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int | float):
-        return AnyValue(double_value=float(value))
-    if isinstance(value, Mapping):
-        return AnyValue(kvlist_value=KeyValueList(values=key_values(value)))
-    if isinstance(value, list | tuple):
-        return AnyValue(array_value=ArrayValue(values=[any_value(v) for v in value]))
-    return AnyValue()
+        target.string_value = _text(value)
+    elif isinstance(value, bool):
+        target.bool_value = value
+    elif isinstance(value, int | float):
+        if key in _INT_KEYS:
+            target.int_value = int(value)
+        else:
+            target.double_value = float(value)
+    elif isinstance(value, Mapping):
+        add_attributes(target.kvlist_value.values, value)
+    elif isinstance(value, list | tuple):
+        values = target.array_value.values
+        for item in value:
+            set_value(values.add(), item)
+
+
+def any_value(value: Any, key: str | None = None) -> AnyValue:
+    """One attribute value as a new ``AnyValue``."""
+    out = AnyValue()
+    set_value(out, value, key)
+    return out
+
+
+def add_attributes(target: Any, attributes: Mapping[str, Any]) -> None:
+    """Append ``attributes`` to a repeated KeyValue field, skipping ``None`` values (Kong never
+    sets a nil attribute). Filling messages in place avoids building and copying temporaries,
+    which is most of the encoding time."""
+    for key, value in attributes.items():
+        if value is None:
+            continue
+        kv = target.add()
+        kv.key = _text(str(key))
+        set_value(kv.value, value, key)
 
 
 def key_values(attributes: Mapping[str, Any]) -> list[KeyValue]:
-    """A KeyValue list, skipping ``None`` values (Kong never sets a nil attribute)."""
-    return [
-        KeyValue(key=_text(str(k)), value=any_value(v, k))
-        for k, v in attributes.items()
-        if v is not None
-    ]
+    """``attributes`` as a list of new KeyValue messages."""
+    holder = KeyValueList()
+    add_attributes(holder.values, attributes)
+    return list(holder.values)
 
 
 def default_resource_attributes() -> dict[str, str]:
@@ -89,27 +107,35 @@ def resource(attributes: Mapping[str, Any] | None) -> Resource:
     merged: dict[str, Any] = default_resource_attributes()
     if attributes:
         merged.update(attributes)
-    return Resource(attributes=key_values(merged))
+    out = Resource()
+    add_attributes(out.attributes, merged)
+    return out
 
 
 def _scope() -> InstrumentationScope:
     return InstrumentationScope(name=SCOPE_NAME, version=SCOPE_VERSION)
 
 
-def span_message(span: SpanData) -> Span:
-    """One span as Kong's ``transform_span`` shapes it (ids sized to 16 and 8 bytes)."""
-    message = Span(
-        trace_id=resize_id(span.trace_id, TRACE_ID_SIZE),
-        span_id=resize_id(span.span_id, SPAN_ID_SIZE),
-        parent_span_id=resize_id(span.parent_span_id, SPAN_ID_SIZE) if span.parent_span_id else b"",
-        name=_text(span.name),
-        kind=span.kind,  # type: ignore[arg-type]
-        start_time_unix_nano=span.start_time_unix_nano,
-        end_time_unix_nano=span.end_time_unix_nano,
-        attributes=key_values(span.attributes),
-    )
+def fill_span(message: Span, span: SpanData) -> None:
+    """Fill ``message`` as Kong's ``transform_span`` shapes a span (ids sized to 16 and 8
+    bytes, short ids left-padded)."""
+    message.trace_id = resize_id(span.trace_id, TRACE_ID_SIZE)
+    message.span_id = resize_id(span.span_id, SPAN_ID_SIZE)
+    if span.parent_span_id:
+        message.parent_span_id = resize_id(span.parent_span_id, SPAN_ID_SIZE)
+    message.name = _text(span.name)
+    message.kind = span.kind  # type: ignore[assignment]
+    message.start_time_unix_nano = span.start_time_unix_nano
+    message.end_time_unix_nano = span.end_time_unix_nano
+    add_attributes(message.attributes, span.attributes)
     if span.status_code:
-        message.status.CopyFrom(Status(code=span.status_code))  # type: ignore[arg-type]
+        message.status.code = span.status_code  # type: ignore[assignment]
+
+
+def span_message(span: SpanData) -> Span:
+    """One span as a new ``Span`` message."""
+    message = Span()
+    fill_span(message, span)
     return message
 
 
@@ -117,42 +143,48 @@ def encode_traces(
     spans: Sequence[SpanData], resource_attributes: Mapping[str, Any] | None
 ) -> bytes:
     """An ``ExportTraceServiceRequest`` body for one batch of spans."""
-    request = ExportTraceServiceRequest(
-        resource_spans=[
-            ResourceSpans(
-                resource=resource(resource_attributes),
-                scope_spans=[ScopeSpans(scope=_scope(), spans=[span_message(s) for s in spans])],
-            )
-        ]
-    )
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    resource_spans.resource.CopyFrom(resource(resource_attributes))
+    scope_spans = resource_spans.scope_spans.add()
+    scope_spans.scope.CopyFrom(_scope())
+    add = scope_spans.spans.add
+    for span in spans:
+        fill_span(add(), span)
     return request.SerializeToString()
 
 
+def fill_log(message: LogRecord, record: LogData) -> None:
+    """Fill ``message`` as Kong's ``prepare_logs`` shapes a record."""
+    message.time_unix_nano = record.time_unix_nano
+    message.observed_time_unix_nano = record.time_unix_nano
+    message.severity_number = record.severity_number  # type: ignore[assignment]
+    message.severity_text = record.severity_text
+    message.body.string_value = _text(record.body)
+    add_attributes(message.attributes, record.attributes)
+    if record.trace_id:
+        message.trace_id = record.trace_id
+    if record.span_id:
+        message.span_id = record.span_id
+    if record.flags:
+        message.flags = record.flags
+
+
 def log_message(record: LogData) -> LogRecord:
-    """One captured log record as Kong's ``prepare_logs`` shapes it."""
-    return LogRecord(
-        time_unix_nano=record.time_unix_nano,
-        observed_time_unix_nano=record.time_unix_nano,
-        severity_number=record.severity_number,  # type: ignore[arg-type]
-        severity_text=record.severity_text,
-        body=AnyValue(string_value=_text(record.body)),
-        attributes=key_values(record.attributes),
-        trace_id=record.trace_id,
-        span_id=record.span_id,
-        flags=record.flags,
-    )
+    """One captured log record as a new ``LogRecord`` message."""
+    message = LogRecord()
+    fill_log(message, record)
+    return message
 
 
 def encode_logs(records: Sequence[LogData], resource_attributes: Mapping[str, Any] | None) -> bytes:
     """An ``ExportLogsServiceRequest`` body for one batch of log records."""
-    request = ExportLogsServiceRequest(
-        resource_logs=[
-            ResourceLogs(
-                resource=resource(resource_attributes),
-                scope_logs=[
-                    ScopeLogs(scope=_scope(), log_records=[log_message(r) for r in records])
-                ],
-            )
-        ]
-    )
+    request = ExportLogsServiceRequest()
+    resource_logs = request.resource_logs.add()
+    resource_logs.resource.CopyFrom(resource(resource_attributes))
+    scope_logs = resource_logs.scope_logs.add()
+    scope_logs.scope.CopyFrom(_scope())
+    add = scope_logs.log_records.add
+    for record in records:
+        fill_log(add(), record)
     return request.SerializeToString()

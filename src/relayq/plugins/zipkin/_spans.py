@@ -21,6 +21,8 @@ CLIENT = "CLIENT"
 
 def tag_text(value: Any) -> str:
     """A tag value as Lua's ``tostring`` renders it (Zipkin tag values are strings)."""
+    if type(value) is str:
+        return value
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
