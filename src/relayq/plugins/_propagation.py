@@ -8,8 +8,8 @@ without any I/O: ``extract`` and ``inject`` are pure functions over header mappi
 
 Formats: W3C ``traceparent`` (with ``tracestate`` passed through), B3 multi-header and single
 ``b3`` header, Jaeger ``uber-trace-id``, OpenTracing ``ot-tracer-*``, Datadog, AWS X-Ray, GCP
-``x-cloud-trace-context`` and Instana ``x-instana-*`` (the last follows Instana's published
-header format, which Kong's extractor implements).
+``x-cloud-trace-context`` and Instana ``x-instana-*`` (relayq follows Instana's published
+header format for the last; the others follow Kong's extractors and injectors).
 
 Malformed input never raises: like Kong, a bad header is logged at WARNING and ignored. Where
 relayq differs on purpose: an extractor counts as having found a context only when it read a
