@@ -46,6 +46,9 @@ class RequestContext:
     upstream_uri: str = ""
     upstream_status: str = ""
     upstream_headers: dict[str, str] = field(default_factory=dict)  # added by access phases
+    # lower-case names the host must drop from the proxied request before adding
+    # upstream_headers (tracing plugins' propagation.clear)
+    upstream_headers_cleared: list[str] = field(default_factory=list)
     tries: list[dict[str, Any]] = field(default_factory=list)
 
     # --- the response ------------------------------------------------------------------------
@@ -59,7 +62,8 @@ class RequestContext:
     started_at: float = field(default_factory=time.time)  # epoch seconds
     # Epoch nanoseconds of the phase boundaries the host observed; keys used by plugins:
     # request_start, access_start, access_end, upstream_start, upstream_connected,
-    # upstream_first_byte, upstream_end, response_start, response_end.
+    # upstream_first_byte, upstream_end, response_start, response_end; optional
+    # router_start, router_end (OpenTelemetry's kong.router span).
     timestamps: dict[str, int] = field(default_factory=dict)
     kong_latency: float = 0.0  # ms before proxying (Kong's KONG_PROXY_LATENCY)
     proxy_latency: float = -1.0  # ms waiting for the upstream's first byte; -1 if never proxied
