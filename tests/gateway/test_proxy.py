@@ -145,7 +145,8 @@ def test_proxied_request_context(harness: tuple[Harness, str, Upstream]) -> None
         echo["headers"]["x-kong-request-id"]
     assert ctx.workspace_id == "0dc6f45b-8f8d-40d2-a504-473544ee190b"
     ts = ctx.timestamps
-    order = ["request_start", "access_start", "access_end", "upstream_start",
+    order = ["request_start", "router_start", "router_end", "access_start", "access_end",
+             "upstream_start",
              "upstream_connected", "upstream_first_byte", "response_start", "upstream_end",
              "response_end"]
     assert [ts[k] for k in order] == sorted(ts[k] for k in order)
@@ -286,6 +287,7 @@ def test_upstream_failures_502_and_504(harness: tuple[Harness, str, Upstream]) -
     ctx = logged(global_log)[0]
     assert ctx.upstream_status == "502, 502, 502"  # retries: 2
     assert [t.get("state") for t in ctx.tries] == ["failed"] * 3
+    assert all(t["balancer_latency_ns"] > 0 and t["hostname"] == "127.0.0.1" for t in ctx.tries)
     assert ctx.source == "kong" and ctx.proxy_latency >= 0
     slow = httpx.get(f"{url}/slow?delay=2")
     assert slow.status_code == 504

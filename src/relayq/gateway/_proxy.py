@@ -165,6 +165,7 @@ class _Exchange:
         self.raw_headers: list[tuple[bytes, bytes]] = list(scope.get("headers") or [])
         self.match: RouteMatch | None = None
         self.upstream_codes: list[str] = []
+        self.try_start = 0
 
     # ------------------------------------------------------------------------- request
 
@@ -222,8 +223,10 @@ class _Exchange:
     async def run(self) -> None:
         self._fill_request()
         ctx, state = self.ctx, self.state
+        self.clock.mark("router_start")
         self.match = match = state.router.match(ctx.method, ctx.path, self.host_header,
                                                  ctx.headers)
+        self.clock.mark("router_end")
         if match is None:
             self.chosen = [b for b in state.plugins.global_only
                            if ctx.scheme in b.entity.protocols]
@@ -429,6 +432,7 @@ class _Exchange:
             request = httpx.Request(ctx.method, url, headers=headers, content=content,
                                     extensions=extensions)
             try_start = clock.now()
+            self.try_start = try_start
             try:
                 response = await client.send(request, stream=True)
             except ClientDisconnected:
@@ -459,6 +463,9 @@ class _Exchange:
 
     def _record_try(self, host: str, port: int, start_ns: int, failed_code: int | None,
                     response: httpx.Response | None = None) -> None:
+        """One entry of Kong's ``tries``. As in Kong, a failed try's ``balancer_latency`` is
+        its whole duration (set when the next try starts); the last try's is the time until
+        its connection was ready."""
         ip = host
         if response is not None:
             stream = response.extensions.get("network_stream")
@@ -466,19 +473,25 @@ class _Exchange:
                 peer = stream.get_extra_info("server_addr") if stream is not None else None
                 if peer:
                     ip, port = peer[0], peer[1]
+        if failed_code is not None:
+            latency_ns = self.clock.now() - start_ns
+        else:
+            connected = self.ctx.timestamps.get("upstream_connected", start_ns)
+            latency_ns = max(0, connected - start_ns)
         entry: dict[str, Any] = {
-            "ip": ip, "port": port,
+            "ip": ip, "port": port, "hostname": host,
             "balancer_start": start_ns // 1_000_000, "balancer_start_ns": start_ns,
-            "balancer_latency": 0, "balancer_latency_ns": 0,
+            "balancer_latency": latency_ns // 1_000_000, "balancer_latency_ns": latency_ns,
         }
         if failed_code is not None:
             entry["state"], entry["code"] = "failed", failed_code
         self.ctx.tries.append(entry)
 
     async def _trace(self, event: str, info: dict[str, Any]) -> None:
+        ts = self.ctx.timestamps
         if event in ("connection.connect_tcp.complete", "connection.start_tls.complete") or (
                 event == "http11.send_request_headers.started"
-                and "upstream_connected" not in self.ctx.timestamps):
+                and ts.get("upstream_connected", 0) < self.try_start):
             self.clock.mark("upstream_connected")
 
     async def _relay(self, response: httpx.Response) -> None:
@@ -512,18 +525,17 @@ class _Exchange:
         framing = 0
         done = False
         try:
+            # Iterate to the very end even after the last byte was sent: a stream left
+            # unfinished makes httpcore close the connection instead of keeping it alive.
             async for chunk in response.aiter_raw():
-                if not chunk:
+                if not chunk or done:
                     continue
                 sent += len(chunk)
                 if chunked:
                     framing += len(f"{len(chunk):x}") + 4
-                last = remaining is not None and sent >= remaining
+                done = remaining is not None and sent >= remaining
                 await self.send({"type": "http.response.body", "body": chunk,
-                                 "more_body": not last})
-                if last:
-                    done = True
-                    break
+                                 "more_body": not done})
         except httpx.HTTPError as exc:
             clock.mark("upstream_end")
             log.warning("request %s: upstream failed while sending its body (%s: %s); "
