@@ -33,6 +33,7 @@ exists = _rt.exists
 stats = _rt.stats
 shutdown = _rt.shutdown
 flush = _rt.flush
+count_drop = _rt.count_drop
 
 
 async def aclose(timeout: float | None = None) -> int:
@@ -56,6 +57,7 @@ __all__ = [
     "Runtime",
     "aclose",
     "can_enqueue",
+    "count_drop",
     "current_batch",
     "default_runtime",
     "drain",

@@ -16,8 +16,8 @@ from typing import Any
 
 import relayq
 from relayq.plugins._base import Plugin
+from relayq.queue import CURRENT_WORKSPACE as _current_workspace
 from relayq.queue import QueueConfig, legacy_overrides
-from relayq.queue._runtime import _workspace as _current_workspace
 from relayq.serializer import RequestContext
 
 log = logging.getLogger("relayq.plugins")

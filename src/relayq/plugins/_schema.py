@@ -464,8 +464,7 @@ def queue_record(default: Any = NO_DEFAULT) -> Field:
     Kong's eight fields the record accepts relayq's extras (``handler_timeout``, ``retry_on``,
     ``drop_policy``, ``spool``, ``dead_letter``...), validated by the engine itself.
     """
-    from relayq.queue import EXTRA_FIELDS, QUEUE_FIELDS
-    from relayq.queue._config import BEYOND_KONG_FIELDS
+    from relayq.queue import BEYOND_KONG_FIELDS, EXTRA_FIELDS, QUEUE_FIELDS
 
     specs = (*QUEUE_FIELDS, *EXTRA_FIELDS)
     fields = tuple((spec.name, _queue_subfield(spec)) for spec in specs)

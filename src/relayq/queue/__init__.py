@@ -4,6 +4,7 @@ Standard library only.
 """
 
 from relayq.queue._config import (
+    BEYOND_KONG_FIELDS,
     CAPACITY_WARNING_THRESHOLD,
     COALESCE_MIN_TIME,
     COALESCE_POLL_TIME,
@@ -16,7 +17,7 @@ from relayq.queue._config import (
 from relayq.queue._core import Action, Lost, QueueCore, retry_delay
 from relayq.queue._legacy import LEGACY_RULES, WarningThrottle, get_plugin_params, legacy_overrides
 from relayq.queue._outcome import BatchInfo, Failure, PermanentError, current_batch
-from relayq.queue._runtime import Runtime, default_runtime, workspace
+from relayq.queue._runtime import CURRENT_WORKSPACE, Runtime, default_runtime, workspace
 from relayq.queue._stats import DROP_REASONS, HANDLER_BUCKETS, Counters, QueueStats
 from relayq.queue._storage import (
     DeadLetterStore,
@@ -28,9 +29,11 @@ from relayq.queue._storage import (
 )
 
 __all__ = [
+    "BEYOND_KONG_FIELDS",
     "CAPACITY_WARNING_THRESHOLD",
     "COALESCE_MIN_TIME",
     "COALESCE_POLL_TIME",
+    "CURRENT_WORKSPACE",
     "DROP_REASONS",
     "EXTRA_FIELDS",
     "HANDLER_BUCKETS",

@@ -261,7 +261,8 @@ class QueueCore:
         if phase == _IDLE:
             if not self.entries:
                 return _DONE_ACTION
-            self._log(m.TRACE, m.PROCESSING)
+            if self.conf.concurrency_limit != -1:  # Kong: -1 bypasses the queue loop
+                self._log(m.TRACE, m.PROCESSING)
             self._phase = _COALESCING
             self._coalesce_started = now
             self._coalesce_waited = 0.0

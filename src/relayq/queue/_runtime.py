@@ -63,6 +63,9 @@ Key = str | tuple[str, str]
 _workspace: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "relayq_workspace", default=None
 )
+# Public handle for hosts on a hot path: ``CURRENT_WORKSPACE.set(ws)`` / ``.reset(token)`` is
+# what ``workspace()`` does, without the context manager's cost.
+CURRENT_WORKSPACE = _workspace
 
 # Drop-related errors repeat on every enqueue while a queue is full; log them at most this often
 # per queue and message, with the number suppressed in between.
@@ -363,6 +366,15 @@ class Runtime:
                     in_flight=(q.in_flight if q else 0) + in_flight.get(key, 0),
                 )
             return out
+
+    def count_drop(self, conf: QueueConfig | Mapping[str, Any], reason: str = "full",
+                   count: int = 1) -> None:
+        """Count entries a producer chose not to enqueue (e.g. after ``can_enqueue`` said no,
+        as Kong's OpenTelemetry logs do), so ``stats()`` shows every loss."""
+        key = self._key_of(conf)
+        name = key if isinstance(key, str) else key[1]
+        with self._lock:
+            self._counters_for(key, name).drop(reason, count)
 
     def _key_of(self, conf: QueueConfig | Mapping[str, Any]) -> Key:
         if isinstance(conf, QueueConfig):

@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import relayq
 from relayq.plugins._base import Plugin, register
 from relayq.plugins._enqueue import QueueBinding
 from relayq.plugins._http import DEFAULT_TIMEOUT, HttpSender, shared_sender
@@ -69,6 +70,15 @@ class _SignalQueue(QueueBinding):
             self._base = base
             self._named = base.replace(name=base.name + self._suffix)
         return self._named
+
+    def count_drop(self, ctx: RequestContext, count: int) -> None:
+        """Count records skipped because the queue was full (reason ``full``)."""
+        params = self.params()
+        if ctx.workspace_id:
+            with relayq.workspace(ctx.workspace_id):
+                self.target.count_drop(params, "full", count)
+        else:
+            self.target.count_drop(params, "full", count)
 
     def can_enqueue(self, ctx: RequestContext, entry: Any) -> bool:
         """Kong's ``Queue.can_enqueue`` under the request's workspace."""
@@ -222,9 +232,11 @@ class OpenTelemetryPlugin(Plugin):
             else:
                 dropped += 1
         if dropped:
-            self._count_dropped(dropped)
+            self._count_dropped(ctx, dropped)
 
-    def _count_dropped(self, count: int) -> None:
+    def _count_dropped(self, ctx: RequestContext, count: int) -> None:
+        assert self._logs_queue is not None
+        self._logs_queue.count_drop(ctx, count)  # so the queue's stats() show the loss too
         self.logs_dropped += count
         now = time.monotonic()
         if now - self._drop_warned_at >= _DROP_WARNING_INTERVAL:
