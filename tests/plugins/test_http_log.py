@@ -714,3 +714,15 @@ async def test_tls_is_verified_unless_turned_off(
         relaxed.log(ctx(2))
         [got] = await asyncio.to_thread(https.wait_for, 1)
         assert got.json()["request"]["id"] == "id-2"
+
+
+async def test_retried_batch_carries_the_same_batch_id(rx: HttpReceiver, rt: relayq.Runtime) -> None:
+    rx.script(Reply(503), Reply(500))
+    p = plugin(rt, {"http_endpoint": f"{rx.url}/r", "queue": {"initial_retry_delay": 0.01}})
+    p.log(ctx(1))
+    got = await asyncio.to_thread(rx.wait_for, 3)
+    ids = [g.headers.get("x-relayq-batch-id") for g in got]
+    assert ids[0] and ids[0] == ids[1] == ids[2]
+    p.log(ctx(2))
+    assert await rt.drain(timeout=5)
+    assert rx.requests[-1].headers["x-relayq-batch-id"] != ids[0]

@@ -68,6 +68,18 @@ class HttpTransportError(Exception):
     """
 
 
+BATCH_ID_HEADER = "X-Relayq-Batch-Id"
+
+
+def with_batch_id(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """Add the id of the batch being delivered (stable across retries, and across restarts
+    with a spool) so a receiver can drop the duplicates at-least-once delivery makes."""
+    info = relayq.current_batch()
+    if info is None or any(k.lower() == "x-relayq-batch-id" for k in headers):
+        return headers
+    return {**headers, BATCH_ID_HEADER: info.id}
+
+
 class HttpSender(abc.ABC):
     """Sends one HTTP request and returns the response; the interface plugins depend on."""
 
@@ -178,6 +190,7 @@ class HttpxSender(HttpSender):
         timeout: float = DEFAULT_TIMEOUT,
     ) -> HttpResponse:
         client = self._client()
+        headers = with_batch_id(headers)
         try:
             request = client.build_request(
                 method, url, content=body, headers=dict(headers), timeout=httpx.Timeout(timeout)
@@ -264,6 +277,7 @@ class MemoryHttpSender(HttpSender):
         *,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> HttpResponse:
+        headers = with_batch_id(headers)
         with self._lock:
             self.requests.append(HttpRequest(method, url, dict(headers), bytes(body), timeout))
             answer = self._script.pop(0) if self._script else self.default
