@@ -716,7 +716,9 @@ async def test_tls_is_verified_unless_turned_off(
         assert got.json()["request"]["id"] == "id-2"
 
 
-async def test_retried_batch_carries_the_same_batch_id(rx: HttpReceiver, rt: relayq.Runtime) -> None:
+async def test_retried_batch_carries_the_same_batch_id(
+    rx: HttpReceiver, rt: relayq.Runtime
+) -> None:
     rx.script(Reply(503), Reply(500))
     p = plugin(rt, {"http_endpoint": f"{rx.url}/r", "queue": {"initial_retry_delay": 0.01}})
     p.log(ctx(1))
