@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import string
 import uuid
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -281,3 +283,14 @@ def test_missing_file_is_a_declarative_error(tmp_path: Path) -> None:
     with pytest.raises(DeclarativeError) as info:
         load_config(tmp_path / "absent.yml")
     assert "cannot read" in info.value.errors[0]
+
+
+def test_shipped_examples_load() -> None:
+    config = load_config(DATA.parents[2] / "examples" / "kong.yml")
+    assert {p.name for p in config.plugins} == {
+        "key-auth", "http-log", "statsd", "datadog", "opentelemetry", "zipkin"}
+    template = resources.files("relayq.gateway").joinpath("example.yml").read_text("utf-8")
+    builtin = parse_config_text(string.Template(template).substitute(
+        UPSTREAM_URL="http://127.0.0.1:1", RECEIVER_URL="http://127.0.0.1:2",
+        STATSD_PORT=3, DATADOG_PORT=4))
+    assert len(builtin.plugins) == 6 and builtin.credentials[0].key == "demo-key"

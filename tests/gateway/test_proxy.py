@@ -48,6 +48,7 @@ class Recorder(Plugin):
     def access(self, ctx: RequestContext) -> None:
         self.journal.append(("access", self.kong_name, self.id))
         ctx.upstream_headers["x-injected-by"] = self.kong_name
+        ctx.upstream_headers_cleared.append("x-cleared")
         if self.fail_in == "access":
             raise RuntimeError("boom in access")
 
@@ -105,6 +106,8 @@ def base_config(upstream_url: str) -> dict[str, Any]:
             ]},
             {"name": "dead", "url": f"http://127.0.0.1:{free_port()}", "retries": 2,
              "routes": [{"name": "dead", "paths": ["/dead"]}]},
+            {"name": "unresolvable", "host": "no-such-host.invalid", "retries": 0,
+             "routes": [{"name": "unresolvable", "paths": ["/unresolvable"]}]},
             {"name": "slow", "url": upstream_url, "read_timeout": 300, "retries": 0,
              "routes": [{"name": "slow", "paths": ["/slow"], "strip_path": False}]},
         ],
@@ -166,7 +169,7 @@ def test_upstream_and_client_headers(harness: tuple[Harness, str, Upstream]) -> 
     response = httpx.get(f"{url}/open/a", headers={
         "x-forwarded-for": "10.0.0.1", "x-forwarded-proto": "spoofed",
         "connection": "keep-alive, x-hop", "x-hop": "must not pass",
-        "x-consumer-username": "spoofed",
+        "x-consumer-username": "spoofed", "x-cleared": "a propagation header",
     })
     seen = response.json()["headers"]
     assert seen["host"] == f"127.0.0.1:{up.port}"
@@ -180,6 +183,8 @@ def test_upstream_and_client_headers(harness: tuple[Harness, str, Upstream]) -> 
     assert seen["via"].startswith("1.1 relayq/")
     assert seen["x-injected-by"] in ("http-log", "statsd")  # ctx.upstream_headers reach it
     assert "x-hop" not in seen
+    assert "x-cleared" not in seen  # ctx.upstream_headers_cleared (propagation.clear)
+    assert seen["x-consumer-username"] == "spoofed"  # as Kong: only key-auth routes reset it
     assert "user-agent" in seen and "python-httpx" in seen["user-agent"]  # the client's own
     assert response.headers["via"].startswith("1.1 relayq/")
     assert response.headers["set-cookie"] == "upstream=1"
@@ -296,8 +301,11 @@ def test_upstream_failures_502_and_504(harness: tuple[Harness, str, Upstream]) -
     assert closed.status_code == 502
     garbage = httpx.get(f"{url}/open/garbage")
     assert garbage.status_code == 502
-    statuses = [c.status for c in logged(global_log, 4)]
-    assert statuses == [502, 504, 502, 502]
+    unresolvable = httpx.get(f"{url}/unresolvable")
+    assert unresolvable.status_code == 503
+    assert unresolvable.json()["message"] == "name resolution failed"
+    statuses = [c.status for c in logged(global_log, 5)]
+    assert statuses == [502, 504, 502, 502, 503]
 
 
 def test_streaming_response(harness: tuple[Harness, str, Upstream]) -> None:

@@ -372,6 +372,7 @@ class _Exchange:
         ctx, edits = self.ctx, self.edits
         assert match.service is not None
         drop = set(edits.remove_headers) | set(edits.set_headers)
+        drop.update(name.lower() for name in ctx.upstream_headers_cleared)
         drop.update(name.lower() for name in ctx.upstream_headers)
         if edits.body is not None:
             drop.add("content-length")
