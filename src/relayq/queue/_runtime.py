@@ -311,12 +311,14 @@ class Runtime:
         entries of a queue that was removed meanwhile (they go to the queue now registered)."""
         wake = None
         with self._lock:
+            orphans = []
             if q.closed:
-                orphans = list(q.entries)
-                q.entries.clear()
-            else:
-                orphans = []
-                if q.waiting and len(q.entries) >= q.conf.max_batch_size and q.waker:
+                # Pop one by one (each pop is atomic): another lock-free producer may still be
+                # appending; whatever it adds after we stop, its own settle call rescues.
+                while q.entries:
+                    orphans.append(q.entries.popleft())
+            elif q.waiting and len(q.entries) >= q.conf.max_batch_size:
+                if q.waker is not None:
                     q.waiting = False
                     wake, q.waker = q.waker, None
         if wake is not None:
