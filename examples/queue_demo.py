@@ -22,7 +22,7 @@ received: list[Any] = []
 
 
 class Receiver(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["content-length"]))
         received.extend(json.loads(body))
         self.send_response(200)

@@ -34,6 +34,7 @@ stats = _rt.stats
 shutdown = _rt.shutdown
 flush = _rt.flush
 count_drop = _rt.count_drop
+replay = _rt.replay
 
 
 async def aclose(timeout: float | None = None) -> int:
@@ -66,6 +67,7 @@ __all__ = [
     "flush",
     "get_plugin_params",
     "is_full",
+    "replay",
     "shutdown",
     "stats",
     "workspace",

@@ -317,16 +317,34 @@ class Runtime:
                 # appending; whatever it adds after we stop, its own settle call rescues.
                 while q.entries:
                     orphans.append(q.entries.popleft())
-            elif q.waiting and len(q.entries) >= q.conf.max_batch_size:
-                if q.waker is not None:
-                    q.waiting = False
-                    wake, q.waker = q.waker, None
+            elif (q.waiting and len(q.entries) >= q.conf.max_batch_size
+                  and q.waker is not None):
+                q.waiting = False
+                wake, q.waker = q.waker, None
         if wake is not None:
             self._wake(wake)
         ws = q.key[0] if isinstance(q.key, tuple) else None
         with workspace(ws):
             for value in orphans:
                 self._enqueue_locked(q.conf, q.key, q.handler, q.handler_conf, value)
+
+    def replay(self, conf: QueueConfig | Mapping[str, Any], handler: Handler,
+               handler_conf: Any) -> int:
+        """Start sending what a spooled queue's previous run left behind, without waiting for
+        the first new entry (a queue replays on creation). Returns the number of entries now
+        waiting; 0 for a queue without a spool."""
+        qc = as_config(conf)
+        if qc.spool is None:
+            return 0
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+        key = _key(qc.name, _workspace.get())
+        with self._lock:
+            q = self._queues.get(key)
+            if q is None:
+                q = self._create(qc, key, handler)
+            q.handler_conf = handler_conf
+            return len(q.entries) + q.in_flight
 
     def can_enqueue(self, conf: QueueConfig | Mapping[str, Any], value: Any = None) -> bool:
         """Kong's Queue.can_enqueue: True for a queue that does not exist yet."""
