@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -362,3 +363,27 @@ def test_reload_swaps_routes_and_plugins(upstream: Upstream) -> None:
         config["services"][0]["routes"].append({"name": "v2", "paths": ["/v2"]})
         h.app.reload(parse_config(config))
         assert httpx.get(f"{url}/v2/x").json()["path"] == "/base/x"
+
+
+def test_client_leaving_stops_an_endless_upstream_stream(
+        harness: tuple[Harness, str, Upstream]) -> None:
+    h, url, _ = harness
+    with httpx.stream("GET", f"{url}/open/stream?chunks=100&delay=0.1") as response:
+        first = next(response.iter_raw())
+        assert first.startswith(b"chunk 0")
+    left_at = time.monotonic()
+    ctx = logged(h.by_location("plugins[0]"))[0]
+    assert time.monotonic() - left_at < 3  # the upstream stream would last 10 s
+    assert ctx.status == 200 and ctx.response_size < 100 * len(b"chunk 99\n")
+
+
+def test_client_leaving_during_upload_is_logged_as_499(
+        harness: tuple[Harness, str, Upstream]) -> None:
+    h, url, _ = harness
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST /open/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+                     b"only a few bytes")
+        wait_until(lambda: h.journal and h.journal[-1][0] == "access", what="the access phase")
+    ctx = logged(h.by_location("plugins[0]"))[0]
+    assert ctx.status == 499 and ctx.request_size > len("only a few bytes")

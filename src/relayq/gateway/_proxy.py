@@ -13,6 +13,7 @@ every entry.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -20,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
+from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -54,6 +56,9 @@ Send = Callable[[Message], Awaitable[None]]
 VIA = f"1.1 relayq/{relayq.__version__}"
 SERVER = f"relayq/{relayq.__version__}".encode()
 _JSON = b"application/json; charset=utf-8"
+# Responses longer than this (or of unknown length) are relayed watching for the client to
+# disconnect; shorter ones finish on their own quickly enough.
+WATCH_ABOVE = 1 << 20
 
 
 @dataclass(frozen=True, eq=False)
@@ -522,21 +527,15 @@ class _Exchange:
         clock.mark("response_start")
         await self.send({"type": "http.response.start", "status": response.status_code,
                          "headers": headers})
-        sent = 0
-        framing = 0
-        done = False
+        pump = _Pump(self.send, remaining, chunked)
+        watch = _ClientWatch(self.receive, lambda: pump.finished) \
+            if remaining is None or remaining > WATCH_ABOVE else None
         try:
-            # Iterate to the very end even after the last byte was sent: a stream left
-            # unfinished makes httpcore close the connection instead of keeping it alive.
-            async for chunk in response.aiter_raw():
-                if not chunk or done:
-                    continue
-                sent += len(chunk)
-                if chunked:
-                    framing += len(f"{len(chunk):x}") + 4
-                done = remaining is not None and sent >= remaining
-                await self.send({"type": "http.response.body", "body": chunk,
-                                 "more_body": not done})
+            if watch is None:
+                await pump.run(response)
+            else:
+                async with watch:
+                    await pump.run(response)
         except httpx.HTTPError as exc:
             clock.mark("upstream_end")
             log.warning("request %s: upstream failed while sending its body (%s: %s); "
@@ -544,14 +543,87 @@ class _Exchange:
                         type(exc).__name__, exc)
             # Returning without the final body message makes the server close the client
             # connection, so the client sees a truncated response, not a complete one.
-            self._finish(response.status_code, headers, sent + framing, chunked=chunked)
+            self._finish(response.status_code, headers, pump.wire_bytes, chunked=chunked)
             return
         clock.mark("upstream_end")
-        if not done:
+        if watch is not None and watch.gone:
+            log.info("request %s: client went away during the response; upstream stream "
+                     "closed", ctx.request_id)
+        self._finish(response.status_code, headers, pump.wire_bytes, chunked=chunked)
+
+
+class _Pump:
+    """Relays the upstream body to the client, counting the bytes put on the wire."""
+
+    def __init__(self, send: Send, remaining: int | None, chunked: bool) -> None:
+        self.send = send
+        self.remaining = remaining
+        self.chunked = chunked
+        self.sent = 0
+        self.framing = 0
+        self.finished = False  # the final body message was handed to the server
+
+    @property
+    def wire_bytes(self) -> int:
+        return self.sent + self.framing
+
+    async def run(self, response: httpx.Response) -> None:
+        # Iterate to the very end even after the last byte was sent: a stream left unfinished
+        # makes httpcore close the connection instead of keeping it alive.
+        async for chunk in response.aiter_raw():
+            if not chunk or self.finished:
+                continue
+            self.sent += len(chunk)
+            if self.chunked:
+                self.framing += len(f"{len(chunk):x}") + 4
+            done = self.remaining is not None and self.sent >= self.remaining
+            self.finished = done
+            await self.send({"type": "http.response.body", "body": chunk, "more_body": not done})
+        if not self.finished:
+            self.finished = True
+            if self.chunked:
+                self.framing += 5
             await self.send({"type": "http.response.body", "body": b"", "more_body": False})
-        if chunked:
-            framing += 5
-        self._finish(response.status_code, headers, sent + framing, chunked=chunked)
+
+
+class _ClientWatch:
+    """Stops relaying when the client disconnects, so a long or endless upstream stream
+    (server-sent events, a large download) is not read on for nobody.
+
+    uvicorn's ``send`` silently drops data once the client is gone; only ``receive`` reports
+    ``http.disconnect``. A watcher task waits for it and cancels the relaying task; the
+    cancellation is absorbed here. Used only for responses without a small known length.
+    """
+
+    def __init__(self, receive: Receive, finished: Callable[[], bool]) -> None:
+        self.receive = receive
+        self.finished = finished  # True once the response is complete
+        self.gone = False
+
+    async def __aenter__(self) -> _ClientWatch:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._watcher = asyncio.create_task(self._watch())
+        return self
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                # uvicorn also reports a disconnect once the response is complete.
+                if not self.finished():
+                    self.gone = True
+                    self._task.cancel()
+                return
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool:
+        self._watcher.cancel()
+        if exc_type is asyncio.CancelledError and self.gone:
+            self._task.uncancel()
+            return True
+        return False
 
 
 class ClientDisconnected(Exception):
