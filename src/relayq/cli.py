@@ -508,6 +508,56 @@ def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    """Print the dead letters kept under a ``queue.dead_letter.path``."""
+    from relayq.durable import dlq_list
+
+    sys.stdout.write(dlq_list(args.path, args.queue))
+    return 0
+
+
+def dead_letter_body(entries: Sequence[bytes]) -> bytes:
+    """A JSON array of a dead letter's entries: JSON strings (http-log's entries) embedded as
+    they are, other strings quoted, structured entries as JSON."""
+    from relayq.queue import decode_entry
+
+    parts: list[str] = []
+    for data in entries:
+        value = decode_entry(data)
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        if isinstance(value, str):
+            try:
+                json.loads(value)
+            except ValueError:
+                value = json.dumps(value)
+            parts.append(value)
+        else:
+            parts.append(json.dumps(value, separators=(",", ":")))
+    return ("[" + ",".join(parts) + "]").encode()
+
+
+def cmd_dlq_replay(args: argparse.Namespace) -> int:
+    """POST every dead letter to ``--url`` as a JSON array; remove what was accepted."""
+    import httpx
+
+    from relayq.durable import dlq_replay
+
+    def send(queue: str, entries: list[bytes]) -> bool:
+        response = httpx.post(args.url, content=dead_letter_body(entries), timeout=args.timeout,
+                              headers={"Content-Type": "application/json",
+                                       "X-Relayq-Queue": queue})
+        if response.status_code >= 300:
+            print(f"relayq dlq replay: {args.url} answered {response.status_code} for a batch "
+                  f"of queue {queue}", file=sys.stderr)
+            return False
+        return True
+
+    replayed, failed = dlq_replay(args.path, send, args.queue)
+    print(f"replayed {replayed} dead letter(s), {failed} failed (kept)")
+    return 0 if failed == 0 else 1
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the queues of every worker behind a status listener."""
     document = fetch_status(args.url, args.timeout)
@@ -640,6 +690,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=_seconds, default=5.0, help="seconds to wait (default: 5)"
     )
     status.set_defaults(handler=cmd_status)
+
+    dlq = commands.add_parser("dlq", help="list or replay dead letters")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
+    dlq_ls = dlq_commands.add_parser(
+        "list", help="list the dead letters kept", description="One row per undelivered batch.")
+    dlq_ls.add_argument("--path", required=True, help="the queue.dead_letter.path directory")
+    dlq_ls.add_argument("--queue", help="only this queue's dead letters")
+    dlq_ls.set_defaults(handler=cmd_dlq_list)
+    dlq_re = dlq_commands.add_parser(
+        "replay", help="send dead letters again",
+        description="POST each dead letter to --url as a JSON array of its entries; what the "
+        "receiver accepts (status < 300) is removed, the rest is kept.")
+    dlq_re.add_argument("--path", required=True, help="the queue.dead_letter.path directory")
+    dlq_re.add_argument("--url", required=True, help="where to POST the batches")
+    dlq_re.add_argument("--queue", help="only this queue's dead letters")
+    dlq_re.add_argument("--timeout", type=_seconds, default=10.0,
+                        help="seconds per request (default: 10)")
+    dlq_re.set_defaults(handler=cmd_dlq_replay)
     return parser
 
 
@@ -648,7 +716,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
-    command = " ".join(filter(None, [args.command, getattr(args, "config_command", None)]))
+    command = " ".join(filter(None, [args.command, getattr(args, "config_command", None),
+                                     getattr(args, "dlq_command", None)]))
     try:
         return handler(args)
     except CliError as exc:
