@@ -13,11 +13,12 @@ plugin and phase) and counted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,8 +85,9 @@ class PluginIndex:
             if entity.name == KeyAuth.name:
                 instance = KeyAuth(entity.id, entity.config, credentials)
             else:
-                instance = factory(entity.name, entity.config, plugin_id=entity.id,
-                                   instance_name=entity.instance_name, runtime=runtime)
+                with _quiet_revalidation():
+                    instance = factory(entity.name, entity.config, plugin_id=entity.id,
+                                       instance_name=entity.instance_name, runtime=runtime)
             bound = Bound(entity, instance)
             self.bound.append(bound)
             scope = (entity.route_id, entity.service_id, entity.consumer_id)
@@ -108,6 +110,24 @@ class PluginIndex:
             if bound is not None:
                 return bound if protocol in bound.entity.protocols else None
         return None
+
+
+class _DropWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno != logging.WARNING
+
+
+@contextlib.contextmanager
+def _quiet_revalidation() -> Iterator[None]:
+    """Building a plugin validates its config again; the loader already did and logged the
+    schema's deprecation warnings, so the repeat is silenced rather than logged twice."""
+    schema_log = logging.getLogger("relayq.plugins")
+    quiet = _DropWarnings()
+    schema_log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        schema_log.removeFilter(quiet)
 
 
 class PhaseErrors:

@@ -13,7 +13,6 @@ every entry.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -21,7 +20,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -33,6 +31,7 @@ from relayq.gateway._exits import NO_ROUTE, NO_SERVICE, USE_HTTPS, Exit
 from relayq.gateway._keyauth import AuthRequest, Credentials, Identity, KeyAuth, UpstreamEdits
 from relayq.gateway._paths import escape
 from relayq.gateway._plugins import Bound, PhaseErrors, PluginIndex, run_phase
+from relayq.gateway._relay import WATCH_ABOVE, ClientWatch, Pump
 from relayq.gateway._router import RouteMatch, Router, split_host_header
 from relayq.gateway._timing import Stopwatch
 from relayq.gateway._upstream import (
@@ -56,9 +55,6 @@ Send = Callable[[Message], Awaitable[None]]
 VIA = f"1.1 relayq/{relayq.__version__}"
 SERVER = f"relayq/{relayq.__version__}".encode()
 _JSON = b"application/json; charset=utf-8"
-# Responses longer than this (or of unknown length) are relayed watching for the client to
-# disconnect; shorter ones finish on their own quickly enough.
-WATCH_ABOVE = 1 << 20
 
 
 @dataclass(frozen=True, eq=False)
@@ -427,8 +423,6 @@ class _Exchange:
         extensions: dict[str, Any] = {"timeout": timeout}
         if self.chosen:
             extensions["trace"] = self._trace
-        if self.edits.body is not None:
-            self.body_bytes = max(self.body_bytes, len(self.body or b""))
         response: httpx.Response | None = None
         clock.mark("upstream_start")
         for attempt in range(service.retries + 1):
@@ -452,7 +446,9 @@ class _Exchange:
                 failure = classify(exc)
                 self._record_try(service.host, service.port, try_start, failure.status)
                 self.upstream_codes.append(str(failure.status))
-                if failure.retry and attempt < service.retries and not self.body_started:
+                # A streamed body that began to flow cannot be sent again; bytes can.
+                replayable = isinstance(content, bytes) or not self.body_started
+                if failure.retry and attempt < service.retries and replayable:
                     continue
                 clock.mark("upstream_end")
                 log.warning("request %s: upstream %s failed: %s: %s", ctx.request_id,
@@ -527,8 +523,8 @@ class _Exchange:
         clock.mark("response_start")
         await self.send({"type": "http.response.start", "status": response.status_code,
                          "headers": headers})
-        pump = _Pump(self.send, remaining, chunked)
-        watch = _ClientWatch(self.receive, lambda: pump.finished) \
+        pump = Pump(self.send, remaining, chunked)
+        watch = ClientWatch(self.receive, lambda: pump.finished) \
             if remaining is None or remaining > WATCH_ABOVE else None
         try:
             if watch is None:
@@ -550,80 +546,6 @@ class _Exchange:
             log.info("request %s: client went away during the response; upstream stream "
                      "closed", ctx.request_id)
         self._finish(response.status_code, headers, pump.wire_bytes, chunked=chunked)
-
-
-class _Pump:
-    """Relays the upstream body to the client, counting the bytes put on the wire."""
-
-    def __init__(self, send: Send, remaining: int | None, chunked: bool) -> None:
-        self.send = send
-        self.remaining = remaining
-        self.chunked = chunked
-        self.sent = 0
-        self.framing = 0
-        self.finished = False  # the final body message was handed to the server
-
-    @property
-    def wire_bytes(self) -> int:
-        return self.sent + self.framing
-
-    async def run(self, response: httpx.Response) -> None:
-        # Iterate to the very end even after the last byte was sent: a stream left unfinished
-        # makes httpcore close the connection instead of keeping it alive.
-        async for chunk in response.aiter_raw():
-            if not chunk or self.finished:
-                continue
-            self.sent += len(chunk)
-            if self.chunked:
-                self.framing += len(f"{len(chunk):x}") + 4
-            done = self.remaining is not None and self.sent >= self.remaining
-            self.finished = done
-            await self.send({"type": "http.response.body", "body": chunk, "more_body": not done})
-        if not self.finished:
-            self.finished = True
-            if self.chunked:
-                self.framing += 5
-            await self.send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-class _ClientWatch:
-    """Stops relaying when the client disconnects, so a long or endless upstream stream
-    (server-sent events, a large download) is not read on for nobody.
-
-    uvicorn's ``send`` silently drops data once the client is gone; only ``receive`` reports
-    ``http.disconnect``. A watcher task waits for it and cancels the relaying task; the
-    cancellation is absorbed here. Used only for responses without a small known length.
-    """
-
-    def __init__(self, receive: Receive, finished: Callable[[], bool]) -> None:
-        self.receive = receive
-        self.finished = finished  # True once the response is complete
-        self.gone = False
-
-    async def __aenter__(self) -> _ClientWatch:
-        task = asyncio.current_task()
-        assert task is not None
-        self._task = task
-        self._watcher = asyncio.create_task(self._watch())
-        return self
-
-    async def _watch(self) -> None:
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                # uvicorn also reports a disconnect once the response is complete.
-                if not self.finished():
-                    self.gone = True
-                    self._task.cancel()
-                return
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> bool:
-        self._watcher.cancel()
-        if exc_type is asyncio.CancelledError and self.gone:
-            self._task.uncancel()
-            return True
-        return False
 
 
 class ClientDisconnected(Exception):

@@ -71,7 +71,7 @@ def run(config_path: str | None, listen: str = "127.0.0.1:8000", workers: int = 
             demo.start_traffic(url)
         if workers == 1:
             spec = WorkerSpec(config_path, shutdown_timeout, status_listen=status)
-            return run_worker(sock, spec)
+            return run_worker(sock, spec, config)
         return Supervisor(sock, config_path, workers, shutdown_timeout, status).run()
     finally:
         if demo is not None:

@@ -27,6 +27,7 @@ import uvicorn
 
 import relayq
 from relayq.gateway._declarative import DeclarativeError, load_config
+from relayq.gateway._entities import GatewayConfig
 from relayq.gateway._proxy import Gateway
 
 log = logging.getLogger("relayq.gateway")
@@ -71,14 +72,17 @@ def uvicorn_config(app: Gateway, shutdown_timeout: float) -> uvicorn.Config:
     )
 
 
-async def serve(sock: socket.socket, spec: WorkerSpec) -> int:
-    """Serve until a stop signal; return 0, or 1 if entries were not delivered."""
-    try:
-        config = load_config(spec.config_path)
-    except DeclarativeError as exc:
-        for line in exc.errors:
-            log.error("%s: %s", spec.config_path, line)
-        return 1
+async def serve(sock: socket.socket, spec: WorkerSpec, config: GatewayConfig | None = None
+                ) -> int:
+    """Serve until a stop signal; return 0, or 1 if entries were not delivered. ``config`` is
+    the already loaded ``spec.config_path``, when the caller has it."""
+    if config is None:
+        try:
+            config = load_config(spec.config_path)
+        except DeclarativeError as exc:
+            for line in exc.errors:
+                log.error("%s: %s", spec.config_path, line)
+            return 1
     app = Gateway(config)
     server = _Server(uvicorn_config(app, spec.shutdown_timeout))
     loop = asyncio.get_running_loop()
@@ -158,7 +162,8 @@ def loop_factory() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def run_worker(sock: socket.socket, spec: WorkerSpec) -> int:
+def run_worker(sock: socket.socket, spec: WorkerSpec, config: GatewayConfig | None = None
+               ) -> int:
     """Run one worker on its own event loop until it stops."""
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(serve(sock, spec))
+        return runner.run(serve(sock, spec, config))
