@@ -74,10 +74,11 @@ def ensure_wrk() -> str:
         return found
     if os.geteuid() == 0 and shutil.which("apt-get"):
         print("wrk not found; installing the Debian package ...", flush=True)
-        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-        if subprocess.run(["apt-get", "install", "-y", "wrk"], **quiet).returncode != 0:
-            subprocess.run(["apt-get", "update"], **quiet)
-            subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, **quiet)
+        quiet = subprocess.DEVNULL
+        install = ["apt-get", "install", "-y", "wrk"]
+        if subprocess.run(install, stdout=quiet, stderr=quiet).returncode != 0:
+            subprocess.run(["apt-get", "update"], stdout=quiet, stderr=quiet)
+            subprocess.run(install, check=True, stdout=quiet, stderr=quiet)
         found = shutil.which("wrk")
     if not found:
         sys.exit("wrk is required: apt-get install wrk")

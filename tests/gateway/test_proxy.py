@@ -127,8 +127,8 @@ def base_config(upstream_url: str) -> dict[str, Any]:
 
 
 def logged(recorder: Recorder, count: int = 1) -> list[RequestContext]:
-    return wait_until(lambda: recorder.logged if len(recorder.logged) >= count else None,
-                      what=f"{count} logged request(s)")
+    wait_until(lambda: len(recorder.logged) >= count, what=f"{count} logged request(s)")
+    return recorder.logged
 
 
 def test_proxied_request_context(harness: tuple[Harness, str, Upstream]) -> None:
