@@ -4,6 +4,7 @@ HTTP client; what the log servers received, including across SIGTERM and SIGHUP.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import textwrap
 import threading
@@ -291,6 +292,26 @@ def test_two_workers_share_the_port_with_their_own_queues(
     assert len(entries(receiver)) == 40
     # Each worker flushed its own queue: one batch per worker that had entries.
     assert len(receiver.requests) == sum(1 for d in after.values() if d)
+
+
+def test_supervisor_replaces_a_worker_that_dies(gateway_process: Start, upstream: Upstream,
+                                                receiver: HttpReceiver) -> None:
+    status_port = free_port()
+    gw = gateway_process(kong_yml(upstream.url, receiver.url, delay=0.05), workers=2,
+                         status_listen=f"127.0.0.1:{status_port}")
+
+    def pids() -> set[int]:
+        doc = httpx.get(f"http://127.0.0.1:{status_port}/status").json()
+        return {w["pid"] for w in doc["workers"]}
+
+    first = wait_until(lambda: pids() if len(pids()) == 2 else None, what="two workers")
+    victim = min(first)
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: len(pids()) == 2 and victim not in pids(), 20, "a replacement worker")
+    for i in range(5):
+        assert httpx.get(f"{gw.url}/public/{i}").status_code == 200
+    assert "exited unexpectedly" in gw.output()
+    assert gw.stop() == 0, gw.output()
 
 
 def test_builtin_example_shows_entries_arriving(gateway_process: Start) -> None:
