@@ -311,6 +311,8 @@ class FaultProxy:
                 await self._raw(reader, writer)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             pass
+        except asyncio.CancelledError:  # the proxy stops: end quietly (asyncio would log a
+            pass  # cancelled connection handler as an error)
         finally:
             self._writers.discard(writer)
             if upstream is not None:
@@ -393,7 +395,9 @@ class FaultProxy:
         back = asyncio.create_task(self._pipe_back(up_reader, writer))
         try:
             while True:
-                await self._until_not_stalled()
+                if self._fault.kind == "stall":  # stop reading: bytes wait in the kernel
+                    self._note("stall")
+                    await self._until_not_stalled()
                 chunk = await reader.read(65536)
                 if not chunk:
                     return
@@ -461,8 +465,19 @@ class UdpFaultProxy:
         self._runner.call(self._apply(fault))
 
     def count(self, kind: str) -> int:
+        """Datagrams received under fault ``kind``."""
         with self._lock:
             return self.counts[kind]
+
+    def wait_for(self, predicate: Callable[[UdpFaultProxy], bool], timeout: float = 10.0,
+                 what: str = "the proxy condition") -> None:
+        """Poll ``predicate(self)`` until true; ``AssertionError`` after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}; "
+                                     f"counts={dict(self.counts)}")
+            time.sleep(0.01)
 
     def start(self) -> UdpFaultProxy:
         self._out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -14,7 +14,7 @@ import threading
 import weakref
 from collections.abc import Iterable
 
-from relayq.plugins._udp import error_text
+from relayq.plugins._udp import error_text, log_send_error
 
 log = logging.getLogger("relayq.plugins")
 
@@ -63,15 +63,15 @@ async def send_lines(
     conn: _Conn, lines: Iterable[bytes], *, host: str, port: int, tag: str
 ) -> bool:
     """Write every line plus ``\\n``, then return the connection to the pool. On a write error
-    the error is logged (``[<tag>] failed to send data to host:port: err``), the connection is
-    closed, and ``False`` is returned."""
+    the error is logged (``[<tag>] failed to send data to host:port: err``, at most once a second
+    per destination), the connection is closed, and ``False`` is returned."""
     writer = conn[1]
     try:
         writer.write(b"".join(line + b"\n" for line in lines))
         await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
     except (OSError, TimeoutError) as exc:
         text = "timeout" if isinstance(exc, TimeoutError) else error_text(exc)
-        log.error("[%s] failed to send data to %s:%s: %s", tag, host, port, text)
+        log_send_error(f"[{tag}] ", f"{host}:{port}", text)
         writer.close()
         return False
     pool = _pool()

@@ -14,9 +14,36 @@ import ipaddress
 import logging
 import os
 import socket
+import threading
+import time
 from collections.abc import Iterable
 
 log = logging.getLogger("relayq.plugins")
+
+# A dead metrics agent makes every datagram fail; log such send errors at most this often per
+# destination (Kong logs each one: thousands of lines a second under load), with the number of
+# failures in between.
+SEND_ERROR_INTERVAL = 1.0
+_send_errors: dict[tuple[str, str], list[float]] = {}  # (prefix, where) -> [logged at, skipped]
+_send_errors_lock = threading.Lock()
+
+
+def log_send_error(prefix: str, where: str, text: str) -> None:
+    """Log ``<prefix>failed to send data to <where>: <text>``, rate-limited per destination."""
+    now = time.monotonic()
+    key = (prefix, where)
+    with _send_errors_lock:
+        state = _send_errors.get(key)
+        if state is not None and 0 <= now - state[0] < SEND_ERROR_INTERVAL:
+            state[1] += 1
+            return
+        skipped = int(state[1]) if state is not None else 0
+        _send_errors[key] = [now, 0]
+    if skipped:
+        log.error("%sfailed to send data to %s: %s (%d more failed sends in the last %.0f s)",
+                  prefix, where, text, skipped, SEND_ERROR_INTERVAL)
+    else:
+        log.error("%sfailed to send data to %s: %s", prefix, where, text)
 
 
 def error_text(exc: OSError) -> str:
@@ -62,7 +89,8 @@ async def send_datagrams(
     sock: socket.socket, datagrams: Iterable[bytes], *, where: str, tag: str = ""
 ) -> int:
     """Send each datagram; failures are logged as ``[<tag>] failed to send data to <where>: <err>``
-    (no ``[<tag>] `` when ``tag`` is empty) and skipped. Returns how many were sent."""
+    (no ``[<tag>] `` when ``tag`` is empty; at most once a second per destination) and
+    skipped. Returns how many were sent."""
     loop = asyncio.get_running_loop()
     sent = 0
     for datagram in datagrams:
@@ -72,8 +100,7 @@ async def send_datagrams(
             except BlockingIOError:
                 await loop.sock_sendall(sock, datagram)
         except OSError as exc:
-            prefix = f"[{tag}] " if tag else ""
-            log.error("%sfailed to send data to %s: %s", prefix, where, error_text(exc))
+            log_send_error(f"[{tag}] " if tag else "", where, error_text(exc))
             continue
         sent += 1
     return sent
