@@ -102,7 +102,7 @@ def test_damage_in_the_middle_is_salvaged(tmp_path: Path,
     data = bytearray(path.read_bytes())
     hit = {10, 11, 30}  # damage inside the values of these entries (and 11's header)
     for i in hit:
-        seq, value, end = entries[i]
+        end = entries[i][2]
         data[end - 5] ^= 0xFF
     data[entries[10][2] + 2] ^= 0x01  # entry 11's header (its length field)
     path.write_bytes(bytes(data))

@@ -164,7 +164,7 @@ def _fsize_child(path: Path, report: Path) -> None:
         if seq is None:
             refused += 1
         else:
-            accepted[seq] = "%06d" % i
+            accepted[seq] = f"{i:06d}"
         if i % 100 == 0:
             spool.wait_durable(0.05)
     stats = spool.stats()

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from relayq.durable import Spool, SpoolError, SpoolLockedError, spool_path
-from relayq.durable import _fileio
+from relayq.durable import Spool, SpoolError, SpoolLockedError, _fileio, spool_path
 from relayq.durable._format import HEADER_SIZE, RECORD_OVERHEAD
 from tests.durable._helpers import eventually, raw_appends
 
@@ -214,9 +213,8 @@ def test_compaction_rewrites_live_entries(path: Path) -> None:
 
 
 def test_one_owner_per_file(path: Path) -> None:
-    with Spool(path):
-        with pytest.raises(SpoolLockedError, match="already open"):
-            Spool(path)
+    with Spool(path), pytest.raises(SpoolLockedError, match="already open"):
+        Spool(path)
     with Spool(path):
         pass
 
