@@ -67,20 +67,8 @@ _DONE_ACTION: Final = Action(DONE)
 FAST_PATH_MARGIN: Final = 64
 
 
-class Spooled:
-    """An entry that is also kept in the queue's crash-safe spool under ``seq``."""
-
-    __slots__ = ("seq", "value")
-
-    def __init__(self, seq: int, value: Any) -> None:
-        self.seq = seq
-        self.value = value
-
-
 def entry_size(value: object) -> int | None:
     """Bytes a string entry occupies (UTF-8), or None for entries that are not strings."""
-    if type(value) is Spooled:
-        value = value.value
     if isinstance(value, str):
         return len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
     if isinstance(value, bytes | bytearray | memoryview):
@@ -117,6 +105,7 @@ class QueueCore:
         "_retry_count",
         "_rng",
         "_slept",
+        "_spooled",
         "_warn_at",
         "batch",
         "bytes",
@@ -134,6 +123,8 @@ class QueueCore:
                  on_drop: Callable[[Any], None] | None = None) -> None:
         self.conf = conf
         self._on_drop = on_drop  # told about every entry dropped from the queue (spool acks)
+        # With a spool every entry is a (seq, value) pair; sizes are the value's.
+        self._spooled = conf.spool is not None
         self._rng = rng
         self._parts: list[list[Any]] = []  # the rest of a batch split to isolate a bad entry
         self.counters = counters
@@ -151,7 +142,7 @@ class QueueCore:
         self._keep_oldest = conf.drop_policy != "drop_oldest"
         self._warn_at = conf.max_entries * CAPACITY_WARNING_THRESHOLD
         self._fast_default = (
-            0 if conf.max_bytes is not None or conf.spool is not None
+            0 if conf.max_bytes is not None
             else max(0, int(self._warn_at) - FAST_PATH_MARGIN)
         )
         self.fast_limit = self._fast_default
@@ -195,7 +186,7 @@ class QueueCore:
         if limit is None:
             entries.append(value)
         else:
-            size = entry_size(value)
+            size = entry_size(value[1] if self._spooled else value)
             if size is None:
                 self._log(m.ERR, m.NON_STRING)
                 size = 0
@@ -219,11 +210,14 @@ class QueueCore:
     def _drop_oldest(self, reason: str) -> None:
         value = self.entries.popleft()
         if self._bytes_limit is not None:
-            self.bytes -= entry_size(value) or 0
+            self.bytes -= self._size(value)
         self.counters.drop(reason)
         self.dropped_since_resume = True
         if self._on_drop is not None:
             self._on_drop(value)
+
+    def _size(self, entry: Any) -> int:
+        return entry_size(entry[1] if self._spooled else entry) or 0
 
     def make_room(self) -> bool:
         """The spool behind the queue is full: apply the drop policy to make room for one.
@@ -248,7 +242,7 @@ class QueueCore:
         if self.is_full():
             return False
         if self._bytes_limit is not None and value is not None:
-            size = entry_size(value)
+            size = entry_size(value[1] if self._spooled else value)
             if size is not None and size > self._bytes_limit - self.bytes:
                 return False
         return True
@@ -315,7 +309,7 @@ class QueueCore:
         n = min(len(entries), limit or self._batch_size)
         batch = list(starmap(entries.popleft, repeat((), n)))  # a C loop of atomic pops
         if self._bytes_limit is not None:
-            self.bytes -= sum(entry_size(v) or 0 for v in batch)
+            self.bytes -= sum(self._size(v) for v in batch)
         if self.dropped_since_resume:
             self.dropped_since_resume = False
             self._log(m.INFO, m.RESUMED)

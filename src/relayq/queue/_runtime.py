@@ -38,7 +38,6 @@ from relayq.queue._core import (
     WAIT,
     Lost,
     QueueCore,
-    Spooled,
     entry_size,
 )
 from relayq.queue._legacy import WarningThrottle
@@ -169,8 +168,7 @@ class _Queue(QueueCore):
 
 def _acker(spool: EntryStore) -> Callable[[Any], None]:
     def ack(value: Any) -> None:
-        if type(value) is Spooled:
-            spool.ack((value.seq,))
+        spool.ack((value[0],))
 
     return ack
 
@@ -237,6 +235,12 @@ class Runtime:
             # marking it closed *before* it checks for entries, and we look after appending.
             entries = q.entries
             if len(entries) < q.fast_limit:
+                spool = q.spool
+                if spool is not None:  # written to disk (by its writer) before it is queued
+                    seq = spool.append(encode_entry(value))
+                    if seq is None:  # spool full: the locked path applies the drop policy
+                        return self._enqueue_locked(conf, key, handler, handler_conf, value)
+                    value = (seq, value)
                 q.handler_conf = handler_conf
                 entries.append(value)
                 if q.closed or (q.waiting and len(entries) >= q.conf.max_batch_size):
@@ -280,7 +284,7 @@ class Runtime:
             if not q.make_room():
                 return REJECTED
             seq = q.spool.append(data)
-        result = q.offer(Spooled(seq, value))
+        result = q.offer((seq, value))
         if result == REJECTED:
             q.spool.ack((seq,))
         return result
@@ -323,10 +327,29 @@ class Runtime:
                 wake, q.waker = q.waker, None
         if wake is not None:
             self._wake(wake)
-        ws = q.key[0] if isinstance(q.key, tuple) else None
-        with workspace(ws):
-            for value in orphans:
-                self._enqueue_locked(q.conf, q.key, q.handler, q.handler_conf, value)
+        if orphans:
+            self._requeue(q, orphans)
+
+    def _requeue(self, old: _Queue, orphans: list[Any]) -> None:
+        """Give entries of a removed queue to the queue now registered under its key; spooled
+        entries keep their place in the spool when that queue shares it."""
+        wake = None
+        with self._lock:
+            q = self._queues.get(old.key) or self._create(old.conf, old.key, old.handler)
+            q.handler_conf = old.handler_conf
+            for entry in orphans:
+                if old.spool is not None and q.spool is old.spool:
+                    result = q.offer(entry)
+                else:
+                    if old.spool is not None:
+                        old.spool.ack((entry[0],))
+                        entry = entry[1]
+                    result = (self._offer_spooled(q, entry) if q.spool is not None
+                              else q.offer(entry))
+                if result == QUEUED_WAKE:
+                    wake, q.waker = q.waker, None
+        if wake is not None:
+            self._wake(wake)
 
     def replay(self, conf: QueueConfig | Mapping[str, Any], handler: Handler,
                handler_conf: Any) -> int:
@@ -423,8 +446,8 @@ class Runtime:
         q.qlog(m.TRACE, m.QUEUE_CREATED)
         if replay:
             # Entries a previous run accepted and did not deliver: they go first, oldest first.
-            q.entries.extend(Spooled(seq, decode_entry(data)) for seq, data in replay)
-            q.bytes += sum(entry_size(v) or 0 for v in q.entries) if conf.max_bytes else 0
+            q.entries.extend((seq, decode_entry(data)) for seq, data in replay)
+            q.bytes += sum(entry_size(v) or 0 for _, v in q.entries) if conf.max_bytes else 0
             q.qlog(m.INFO, m.REPLAYED, len(replay))
         self._start_consumer(q)
         return q
@@ -444,7 +467,8 @@ class Runtime:
     def _deliver_single(self, conf: QueueConfig, key: Key, handler: Handler,
                         handler_conf: Any, value: Any) -> bool:
         """concurrency_limit = -1: no queue, one delivery task per entry (retries still apply)."""
-        q = _Queue(conf.replace(max_batch_size=1, max_coalescing_delay=0.0), key,
+        # A spool applies to queues (concurrency_limit 1) only.
+        q = _Queue(conf.replace(max_batch_size=1, max_coalescing_delay=0.0, spool=None), key,
                    self._counters_for(key, conf.name), handler, self.clock)
         q.handler_conf = handler_conf
         q.qlog(m.TRACE, m.QUEUE_CREATED)
@@ -559,7 +583,7 @@ class Runtime:
                 if lost is not None and q.conf.dead_letter is not None:
                     await self._dead_letter(q, lost)
                 if q.spool is not None and (r.ok or lost is not None):
-                    q.spool.ack([e.seq for e in action.batch if type(e) is Spooled])
+                    q.spool.ack([seq for seq, _ in action.batch])
 
     def _remove(self, q: _Queue) -> None:
         # Called with the lock held.
@@ -576,7 +600,7 @@ class Runtime:
         timeout = q.conf.handler_timeout
         info = self._batch_info(q, batch)
         if q.spool is not None:
-            batch = [e.value if type(e) is Spooled else e for e in batch]
+            batch = [value for _, value in batch]
         token = _current_batch.set(info)
         start = time.perf_counter()
         try:
@@ -612,9 +636,9 @@ class Runtime:
     def _batch_info(self, q: _Queue, batch: list[Any]) -> BatchInfo:
         entry = self._batch_ids.get(id(batch))
         if entry is None or entry[0] is not batch:
-            if q.spool is not None and batch and type(batch[0]) is Spooled:
+            if q.spool is not None and batch:
                 # Spool sequence numbers survive restarts, so the id does too.
-                batch_id = f"{_label(q.key)}-{batch[0].seq}-{batch[-1].seq}"
+                batch_id = f"{_label(q.key)}-{batch[0][0]}-{batch[-1][0]}"
             else:
                 self._batch_seq += 1
                 batch_id = f"{self._uid}-{self._batch_seq}"
@@ -631,7 +655,8 @@ class Runtime:
         if store is None:
             store = self._storage().open_dead_letters(settings)
             self._dead_letter_stores[settings.path] = store
-        entries = [encode_entry(v.value if type(v) is Spooled else v) for v in lost.entries]
+        values = [v for _, v in lost.entries] if q.spool is not None else lost.entries
+        entries = [encode_entry(v) for v in values]
         try:
             await self._threads.run(lambda: store.add(
                 q.conf.name, entries, lost.error, lost.attempts, None))
