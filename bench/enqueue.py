@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import collections
 import statistics
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -64,7 +65,8 @@ def bench_otel(n: int) -> float:
     return elapsed / n
 
 
-def bench_relayq_loop(n: int, enqueue: Callable[..., bool], conf: Any) -> float:
+def bench_relayq_loop(n: int, enqueue: Callable[..., bool], conf: Any,
+                      close: Callable[[], Any] | None = None) -> float:
     """From the event loop's thread, yielding to the consumer every BLOCK entries."""
     entry = "x" * 200
 
@@ -76,9 +78,21 @@ def bench_relayq_loop(n: int, enqueue: Callable[..., bool], conf: Any) -> float:
                 enqueue(conf, _ok, None, entry)
             spent += time.perf_counter_ns() - t0
             await asyncio.sleep(0)
+        if close is not None:
+            await close()
         return spent / n
 
     return asyncio.run(run())
+
+
+def bench_spool(n: int, spooled: bool) -> float:
+    """A fresh runtime per round, spool on (group commit every 0.05 s) or off."""
+    rt = Runtime()
+    conf = QueueConfig(name="bench-spool", max_batch_size=1000, max_coalescing_delay=0.05,
+                       max_entries=1_000_000,
+                       spool={"path": tempfile.mkdtemp(prefix="relayq-bench-")} if spooled
+                       else None)
+    return bench_relayq_loop(n, rt.enqueue, conf, close=lambda: rt.aclose(30))
 
 
 def bench_relayq_thread(n: int) -> float:
@@ -120,6 +134,8 @@ def main() -> None:
         rows["relayq.enqueue (dict conf)"].append(
             bench_relayq_loop(n, relayq.enqueue, conf.to_dict()))
         rows["relayq.enqueue (other thread)"].append(bench_relayq_thread(n))
+        rows["relayq.enqueue, spool off"].append(bench_spool(n, spooled=False))
+        rows["relayq.enqueue, spool on"].append(bench_spool(n, spooled=True))
     relayq.shutdown(10)
     med = {k: statistics.median(v) for k, v in rows.items()}
     otel = med["otel BatchSpanProcessor.on_end"]
@@ -130,6 +146,8 @@ def main() -> None:
     print()
     print(f"target: loop thread <= 0.6x otel -> {med['relayq.enqueue (loop thread)'] / otel:.2f}x")
     print(f"target: other thread <= 1500 ns -> {med['relayq.enqueue (other thread)']:.0f} ns")
+    spool = med["relayq.enqueue, spool on"] / med["relayq.enqueue, spool off"]
+    print(f"target: spool on <= 3x spool off -> {spool:.2f}x")
 
 
 if __name__ == "__main__":
