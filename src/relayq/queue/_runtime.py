@@ -66,11 +66,13 @@ _workspace: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 # what ``workspace()`` does, without the context manager's cost.
 CURRENT_WORKSPACE = _workspace
 
-# Drop-related errors repeat on every enqueue while a queue is full; log them at most this often
-# per queue and message, with the number suppressed in between.
+# Drop-related errors repeat on every enqueue while a queue is full, and "queue resumed
+# processing" on every batch taken while drops go on; log them at most this often per queue and
+# message, with the number suppressed in between.
 LOG_REPEAT_INTERVAL = 1.0
 _RATE_LIMITED = frozenset(
-    {m.QUEUE_FULL, m.BYTES_EXCEEDED, m.STRING_TOO_LONG, m.NON_STRING, m.NIL_ENTRY}
+    {m.QUEUE_FULL, m.QUEUE_FULL_NEWEST, m.SPOOL_FULL, m.BYTES_EXCEEDED, m.STRING_TOO_LONG,
+     m.NON_STRING, m.NIL_ENTRY, m.RESUMED}
 )
 ATEXIT_TIMEOUT = float(os.environ.get("RELAYQ_ATEXIT_TIMEOUT", "5"))
 
@@ -103,7 +105,8 @@ class _QueueLog:
         self.name = name
         self._clock = clock
         self._last: dict[str, float] = {}
-        self._suppressed: dict[str, tuple[int, str]] = {}  # template -> (count, last text)
+        # template -> (count, last text, level)
+        self._suppressed: dict[str, tuple[int, str, int]] = {}
 
     def __call__(self, level: int, template: str, *args: object) -> None:
         if not m.log.isEnabledFor(level):
@@ -112,24 +115,25 @@ class _QueueLog:
             now = self._clock()
             last = self._last.get(template)
             if last is not None and 0 <= now - last < LOG_REPEAT_INTERVAL:
-                count, _ = self._suppressed.get(template, (0, ""))
-                self._suppressed[template] = (count + 1, template % args if args else template)
+                count = self._suppressed.get(template, (0, "", level))[0]
+                text = template % args if args else template
+                self._suppressed[template] = (count + 1, text, level)
                 return
             self._last[template] = now
-            skipped, _ = self._suppressed.pop(template, (0, ""))
+            skipped = self._suppressed.pop(template, (0, "", level))[0]
+            if template == m.RESUMED:
+                self.flush()  # the drops held back so far come before "resumed"
             if skipped:
                 text = template % args if args else template
                 m.emit(level, self.tag, self.name, m.SUPPRESSED, text, skipped,
                        LOG_REPEAT_INTERVAL)
                 return
-        elif template == m.RESUMED:
-            self.flush()
         m.emit(level, self.tag, self.name, template, *args)
 
     def flush(self) -> None:
         """Report repeats that were suppressed and not yet reported."""
-        for count, text in self._suppressed.values():
-            m.emit(m.ERR, self.tag, self.name, m.SUPPRESSED, text, count, LOG_REPEAT_INTERVAL)
+        for count, text, level in self._suppressed.values():
+            m.emit(level, self.tag, self.name, m.SUPPRESSED, text, count, LOG_REPEAT_INTERVAL)
         self._suppressed.clear()
 
 
