@@ -10,6 +10,7 @@ assertions checked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -58,8 +59,6 @@ def figures(request: pytest.FixtureRequest) -> Figures:
 def long_run(request: pytest.FixtureRequest) -> bool:
     """True when the minutes-long versions were asked for."""
     option = False
-    try:
+    with contextlib.suppress(ValueError):  # not registered: conftest loaded after parsing
         option = bool(request.config.getoption("--long"))
-    except ValueError:  # option not registered (conftest loaded after option parsing)
-        pass
     return option or os.environ.get(LONG_ENV, "") not in ("", "0")

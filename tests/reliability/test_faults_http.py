@@ -12,6 +12,7 @@ failures) and check each loss is counted under its reason and logged.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import Counter
@@ -175,7 +176,7 @@ async def test_fault_then_recovery_delivers_every_entry(
         # not much more than the delay plus one attempt.
         gaps_checked = 0
         for times in attempts_by_batch(h.proxy, fault.kind).values():
-            for k, (a, b) in enumerate(zip(times, times[1:], strict=False)):
+            for k, (a, b) in enumerate(itertools.pairwise(times)):
                 assert b - a >= 0.8 * backoff(k), (k, b - a, times)
                 assert b - a <= backoff(k) + TIMEOUT_MS / 1000 + 1.5, (k, b - a, times)
                 gaps_checked += 1
