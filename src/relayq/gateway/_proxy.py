@@ -13,7 +13,6 @@ every entry.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -23,11 +22,10 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-import httpx
-
 import relayq
 from relayq.gateway._entities import DEFAULT_WORKSPACE_ID, DEFAULT_WORKSPACE_NAME, GatewayConfig
 from relayq.gateway._exits import NO_ROUTE, NO_SERVICE, USE_HTTPS, Exit
+from relayq.gateway._http11 import UpstreamError, UpstreamResponse
 from relayq.gateway._keyauth import AuthRequest, Credentials, Identity, KeyAuth, UpstreamEdits
 from relayq.gateway._paths import escape
 from relayq.gateway._plugins import Bound, PhaseErrors, PluginIndex, run_phase
@@ -401,40 +399,43 @@ class _Exchange:
         headers.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items())
         return headers
 
-    def _upstream_url(self, match: RouteMatch) -> tuple[str, str]:
-        assert match.service is not None
-        service, ctx = match.service, self.ctx
+    def _upstream_target(self, match: RouteMatch) -> str:
+        """The request target sent upstream: the service path plus the query string."""
         path = escape(match.upstream_path)
         edited = self.edits.query
-        query = urlencode(edited) if edited is not None else ctx.query_string
-        target = f"{path}?{query}" if query else path
+        query = urlencode(edited) if edited is not None else self.ctx.query_string
+        return f"{path}?{query}" if query else path
+
+    @staticmethod
+    def _upstream_url(match: RouteMatch, target: str) -> str:
+        service = match.service
+        assert service is not None
         host = f"[{service.host}]" if ":" in service.host else service.host
-        return f"{service.protocol}://{host}:{service.port}{target}", target
+        return f"{service.protocol}://{host}:{service.port}{target}"
 
     async def _proxy(self, match: RouteMatch) -> None:
         service = match.service
         assert service is not None
         ctx, clock = self.ctx, self.clock
-        url, target = self._upstream_url(match)
+        target = self._upstream_target(match)
         ctx.upstream_uri = target
         headers = self._upstream_request_headers(match)
-        client = self.gw.pool.client(bool(service.tls_verify))
-        timeout = timeout_for(service).as_dict()
-        extensions: dict[str, Any] = {"timeout": timeout}
-        if self.chosen:
-            extensions["trace"] = self._trace
-        response: httpx.Response | None = None
+        pool = self.gw.pool
+        timeouts = timeout_for(service)
+        verify = bool(service.tls_verify)
+        on_connected = self._connected if self.chosen else None
+        response: UpstreamResponse | None = None
         clock.mark("upstream_start")
         for attempt in range(service.retries + 1):
             content: Any = self.edits.body if self.edits.body is not None else self.body
             if content is None and self._has_body():
                 content = self._body_stream()
-            request = httpx.Request(ctx.method, url, headers=headers, content=content,
-                                    extensions=extensions)
             try_start = clock.now()
             self.try_start = try_start
             try:
-                response = await client.send(request, stream=True)
+                response = await pool.request(
+                    ctx.method, service.protocol, service.host, service.port, target, headers,
+                    content, timeouts, verify=verify, on_connected=on_connected)
             except ClientDisconnected:
                 # nginx's 499: nothing can be answered, but the request is still logged.
                 log.info("request %s: client went away while sending its body", ctx.request_id)
@@ -442,7 +443,7 @@ class _Exchange:
                 ctx.status = 499
                 self._finish(499, [], 0, chunked=False)
                 return
-            except httpx.HTTPError as exc:
+            except UpstreamError as exc:
                 failure = classify(exc)
                 self._record_try(service.host, service.port, try_start, failure.status)
                 self.upstream_codes.append(str(failure.status))
@@ -452,7 +453,7 @@ class _Exchange:
                     continue
                 clock.mark("upstream_end")
                 log.warning("request %s: upstream %s failed: %s: %s", ctx.request_id,
-                            url, type(exc).__name__, exc)
+                            self._upstream_url(match, target), type(exc).__name__, exc)
                 await self._exit(Exit(failure.status, failure.message))
                 return
             self._record_try(service.host, service.port, try_start, None, response)
@@ -461,20 +462,16 @@ class _Exchange:
         try:
             await self._relay(response)
         finally:
-            await response.aclose()
+            response.close()
 
     def _record_try(self, host: str, port: int, start_ns: int, failed_code: int | None,
-                    response: httpx.Response | None = None) -> None:
+                    response: UpstreamResponse | None = None) -> None:
         """One entry of Kong's ``tries``. As in Kong, a failed try's ``balancer_latency`` is
         its whole duration (set when the next try starts); the last try's is the time until
         its connection was ready."""
         ip = host
-        if response is not None:
-            stream = response.extensions.get("network_stream")
-            with contextlib.suppress(Exception):
-                peer = stream.get_extra_info("server_addr") if stream is not None else None
-                if peer:
-                    ip, port = peer[0], peer[1]
+        if response is not None and response.peer is not None:
+            ip, port = response.peer
         if failed_code is not None:
             latency_ns = self.clock.now() - start_ns
         else:
@@ -489,21 +486,18 @@ class _Exchange:
             entry["state"], entry["code"] = "failed", failed_code
         self.ctx.tries.append(entry)
 
-    async def _trace(self, event: str, info: dict[str, Any]) -> None:
-        ts = self.ctx.timestamps
-        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete") or (
-                event == "http11.send_request_headers.started"
-                and ts.get("upstream_connected", 0) < self.try_start):
-            self.clock.mark("upstream_connected")
+    def _connected(self) -> None:
+        """The try's connection is ready (new, or reused from the pool)."""
+        self.clock.mark("upstream_connected")
 
-    async def _relay(self, response: httpx.Response) -> None:
+    async def _relay(self, response: UpstreamResponse) -> None:
         ctx, clock = self.ctx, self.clock
         clock.mark("upstream_first_byte")
-        ctx.status = response.status_code
+        status = response.status
+        ctx.status = status
         ctx.source = "upstream"
-        self.upstream_codes.append(str(response.status_code))
-        raw = list(response.headers.raw)
-        headers = response_headers(raw)
+        self.upstream_codes.append(str(status))
+        headers = response_headers(response.headers)
         ctx.response_headers = _header_dict(headers)
         upstream_ms = clock.ms("upstream_start", "upstream_first_byte")
         proxy_ms = clock.ms("request_start", "upstream_start")
@@ -518,10 +512,10 @@ class _Exchange:
         self._header_filter(headers)
         length = _first(ctx.response_headers.get("content-length"))
         remaining = int(length) if length and length.isdigit() else None
-        chunked = remaining is None and ctx.method != "HEAD" and response.status_code not in (
-            204, 304) and response.status_code >= 200
+        chunked = remaining is None and ctx.method != "HEAD" and status not in (
+            204, 304) and status >= 200
         clock.mark("response_start")
-        await self.send({"type": "http.response.start", "status": response.status_code,
+        await self.send({"type": "http.response.start", "status": status,
                          "headers": headers})
         pump = Pump(self.send, remaining, chunked)
         watch = ClientWatch(self.receive, lambda: pump.finished) \
@@ -532,20 +526,20 @@ class _Exchange:
             else:
                 async with watch:
                     await pump.run(response)
-        except httpx.HTTPError as exc:
+        except UpstreamError as exc:
             clock.mark("upstream_end")
             log.warning("request %s: upstream failed while sending its body (%s: %s); "
                         "closing the client connection", ctx.request_id,
                         type(exc).__name__, exc)
             # Returning without the final body message makes the server close the client
             # connection, so the client sees a truncated response, not a complete one.
-            self._finish(response.status_code, headers, pump.wire_bytes, chunked=chunked)
+            self._finish(status, headers, pump.wire_bytes, chunked=chunked)
             return
         clock.mark("upstream_end")
         if watch is not None and watch.gone:
             log.info("request %s: client went away during the response; upstream stream "
                      "closed", ctx.request_id)
-        self._finish(response.status_code, headers, pump.wire_bytes, chunked=chunked)
+        self._finish(status, headers, pump.wire_bytes, chunked=chunked)
 
 
 class ClientDisconnected(Exception):

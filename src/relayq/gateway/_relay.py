@@ -1,8 +1,9 @@
 """Relaying an upstream response body to the client, and noticing when the client leaves.
 
 Split from the proxy because both halves are about the same subtle contract with the two
-libraries involved: httpx keeps a connection alive only if its stream is read to the end, and
-uvicorn reports a vanished client only through ``receive``, never through ``send``.
+sides involved: an upstream connection goes back to the pool only once its response was
+received to the end, and uvicorn reports a vanished client only through ``receive``, never
+through ``send``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from types import TracebackType
 from typing import Any
 
-import httpx
+from relayq.gateway._http11 import UpstreamResponse
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -38,11 +39,11 @@ class Pump:
     def wire_bytes(self) -> int:
         return self.sent + self.framing
 
-    async def run(self, response: httpx.Response) -> None:
-        # Iterate to the very end even after the last byte was sent: a stream left unfinished
-        # makes httpcore close the connection instead of keeping it alive.
-        async for chunk in response.aiter_raw():
-            if not chunk or self.finished:
+    async def run(self, response: UpstreamResponse) -> None:
+        # Read to the very end even after the last byte was sent: a response left unfinished
+        # makes the pool close the connection instead of keeping it alive.
+        while chunk := await response.read():
+            if self.finished:
                 continue
             self.sent += len(chunk)
             if self.chunked:
