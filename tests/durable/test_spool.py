@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import random
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from relayq.durable import Spool, SpoolError, SpoolLockedError, _fileio, spool_path
+from relayq.durable import Spool, SpoolError, SpoolLockedError, _fileio, _spool, spool_path
 from relayq.durable._format import HEADER_SIZE, RECORD_OVERHEAD
 from tests.durable._helpers import eventually, raw_appends
 
@@ -17,6 +19,24 @@ from tests.durable._helpers import eventually, raw_appends
 @pytest.fixture
 def path(tmp_path: Path) -> Path:
     return tmp_path / "q.spool"
+
+
+@pytest.fixture(params=["gil", "locked"])
+def appends(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the lock-free append (the GIL build) and the locked one (free-threaded
+    builds), whichever this interpreter is."""
+    if request.param == "locked":
+        monkeypatch.setattr(_spool, "_GIL", False)
+    return str(request.param)
+
+
+@pytest.fixture
+def fast_switching() -> object:
+    """Make the interpreter switch threads as often as it can, to provoke interleavings."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield None
+    sys.setswitchinterval(interval)
 
 
 def test_round_trip_in_order(path: Path) -> None:
@@ -127,7 +147,7 @@ def test_commit_interval_zero_is_durable_before_append_returns(
         assert set(raw_appends(path)) >= set(seqs)
 
 
-def test_commit_interval_zero_shares_commits_between_threads(path: Path) -> None:
+def test_commit_interval_zero_shares_commits_between_threads(path: Path, appends: str) -> None:
     with Spool(path, commit_interval=0) as spool:
         results: list[int | None] = []
 
@@ -161,7 +181,8 @@ def test_max_bytes_refuses_and_counts_then_accepts_after_acks(path: Path) -> Non
         assert spool.dropped_full == 3
 
 
-def test_many_threads_keep_numbers_unique_and_per_thread_order(path: Path) -> None:
+def test_many_threads_keep_numbers_unique_and_per_thread_order(path: Path, appends: str,
+                                                                fast_switching: object) -> None:
     per_thread: dict[int, list[int | None]] = {}
     with Spool(path) as spool:
         def produce(n: int) -> None:
@@ -287,3 +308,35 @@ def test_forked_child_cannot_write_the_parents_spool(path: Path) -> None:
         assert spool.wait_durable(5)
     with Spool(path) as spool:
         assert spool.pending() == [(first, b"parent"), (second, b"parent again")]
+
+
+def test_byte_limit_is_exact_under_contention(path: Path, appends: str,
+                                              fast_switching: object) -> None:
+    """Eight threads race for the last bytes below max_bytes: never more is accepted, and the
+    counters match exactly what was accepted."""
+    limit = 200_000
+    accepted: list[list[tuple[int, int]]] = [[] for _ in range(8)]
+    with Spool(path, max_bytes=limit, commit_interval=0.01) as spool:
+        def produce(n: int) -> None:
+            rnd = random.Random(n)
+            for _ in range(3000):
+                value = b"v" * rnd.randrange(0, 200)
+                seq = spool.append(value)
+                if seq is not None:
+                    accepted[n].append((seq, len(value) + RECORD_OVERHEAD))
+
+        threads = [threading.Thread(target=produce, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        everything = [a for per_thread in accepted for a in per_thread]
+        total = sum(size for _, size in everything)
+        assert total <= limit
+        assert spool.bytes == total and spool.count == len(everything)
+        assert len({seq for seq, _ in everything}) == len(everything)
+        assert spool.dropped_full == 8 * 3000 - len(everything) > 0
+        assert limit - total < 200 + RECORD_OVERHEAD  # filled up to the last entry that fit
+        assert spool.wait_durable(5)
+    with Spool(path) as spool:
+        assert sorted(s for s, _ in spool.pending()) == sorted(s for s, _ in everything)

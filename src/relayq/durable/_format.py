@@ -192,18 +192,27 @@ def iter_records(data: Readable, view: memoryview, start: int, end: int,
     each skipped run is added to ``result.damage``. ``result.end`` ends after the last valid
     record, so truncating there removes a torn tail.
     """
-    off = start
-    result.end = start
-    while off < end:
-        found = _check(data, view, off, end, kinds)
-        if isinstance(found, str):
-            off = _resync(data, view, off, end, kinds, found, result)
-            continue
-        kind, seq, length = found
-        yield kind, seq, off + RECORD_HEAD.size, length
-        off += length + RECORD_OVERHEAD
-        result.end = off
-        result.records += 1
+    unpack, unpack_crc, crc32 = RECORD_HEAD.unpack_from, RECORD_CRC.unpack_from, _crc32
+    head_size, overhead = RECORD_HEAD.size, RECORD_OVERHEAD
+    off = last_end = start
+    records = 0
+    try:
+        while off < end:
+            if off + overhead <= end:  # the common case, inlined: a whole, valid record
+                magic, kind, _flags, length, seq = unpack(view, off)
+                stop = off + head_size + length
+                if (magic == RECORD_MAGIC and kind in kinds and length <= MAX_PAYLOAD
+                        and stop + 4 <= end and crc32(view[off:stop]) == unpack_crc(view, stop)[0]):
+                    yield kind, seq, off + head_size, length
+                    off = last_end = stop + 4
+                    records += 1
+                    continue
+            reason = _check(data, view, off, end, kinds)
+            assert isinstance(reason, str)
+            off = _resync(data, view, off, end, kinds, reason, result)
+    finally:
+        result.end = last_end
+        result.records += records
 
 
 def _resync(data: Readable, view: memoryview, off: int, end: int, kinds: frozenset[int],

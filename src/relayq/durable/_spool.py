@@ -13,10 +13,10 @@ SQLite replays faster, but the log writes three times faster, acks for almost no
 by itself (SQLite needs VACUUM), and - decisive - a damaged log can be salvaged record by record
 with the standard library, while Python's ``sqlite3`` has no ``.recover``.
 
-Threads: producers only take ``_lock`` for a few attribute updates and a list append; a writer
-thread per spool swaps the inbox out every ``commit_interval`` and writes it with one ``write``
-and one ``fsync`` (group commit). All file work happens under ``_io`` (writer, synchronous
-appends with ``commit_interval=0``, ``pending``, ``close``).
+Threads: producers add to two counters and push onto a deque, nothing else (see ``append``); a
+writer thread per spool wakes every ``commit_interval``, drains the deque and writes it with one
+``write`` and one ``fsync`` (group commit). All file work happens under ``_io`` (the writer,
+synchronous appends with ``commit_interval=0``, ``pending``).
 """
 
 from __future__ import annotations
@@ -29,10 +29,12 @@ import sys
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from relayq.durable._errors import SpoolError
 from relayq.durable._fileio import SPACE_ERRNOS, describe_os_error
@@ -48,6 +50,10 @@ _ACK_WINDOW = 0.05  # with commit_interval=0, acks are still grouped over this w
 _RETRY_FIRST, _RETRY_MAX = 0.1, 2.0  # backoff between write attempts while the disk fails
 _COMPACT_RETRY = 30.0  # after a failed compaction
 _OPEN: weakref.WeakSet[Spool] = weakref.WeakSet()
+# With the GIL, CPython (3.11+) switches threads only at calls, function entry and backward
+# jumps, so a read-modify-write of attributes with none of those in between cannot interleave
+# with another thread's. ``append`` relies on that; free-threaded builds get a lock instead.
+_GIL = bool(getattr(sys, "_is_gil_enabled", lambda: True)())
 _Items = list[tuple[int, bytes]]  # (sequence number, value); spelled here as Spool.bytes shadows
 
 
@@ -69,6 +75,10 @@ class SpoolStats:
     last_error: str | None
 
 
+class _Marker(threading.Event):
+    """Put in the inbox by ``wait_durable``; set once everything ahead of it is committed."""
+
+
 class Spool:
     """A crash-safe, per-queue entry store (see the module docstring for the format choice).
 
@@ -88,40 +98,42 @@ class Spool:
         "__weakref__",
         "_abandon",
         "_acks",
+        "_added_bytes",
+        "_append_lock",
         "_backoff",
-        "_bytes",
+        "_base_count",
         "_closed",
         "_commits",
         "_compact_after",
         "_compact_threshold",
         "_compactions",
-        "_count",
         "_dropped_full",
         "_dropped_too_large",
         "_errors",
         "_failing",
         "_file",
+        "_first",
         "_hurry",
         "_inbox",
         "_interval",
         "_io",
         "_last_error",
         "_limit",
-        "_lock",
+        "_markers",
         "_max_bytes",
         "_next",
+        "_push",
         "_refused",
         "_refused_at_failure",
         "_refusing",
-        "_settled",
-        "_settled_cv",
+        "_removed",
+        "_removed_bytes",
         "_stopping",
         "_sync",
         "_sync_failed",
         "_thread",
         "_unwritten",
         "_unwritten_acks",
-        "_wake",
         "path",
         "recovery",
     )
@@ -134,20 +146,22 @@ class Spool:
         self.path = Path(path)
         self._file = SpoolFile(self.path, fsync=fsync, on_corruption=on_corruption)
         self.recovery: Recovery | None = self._file.recovery
-        self._lock = threading.Lock()
         self._io = threading.Lock()
-        self._settled_cv = threading.Condition(threading.Lock())
-        self._wake = threading.Event()
+        self._append_lock = None if _GIL else threading.Lock()
         self._hurry = threading.Event()
-        self._inbox: list[tuple[int, bytes]] = []
-        self._acks: list[int] = []
+        self._inbox: deque[tuple[int, bytes] | _Marker] = deque()
+        self._push = self._inbox.append
+        self._acks: deque[list[int]] = deque()
         self._unwritten: list[tuple[int, bytes]] = []
         self._unwritten_acks: list[int] = []
+        self._markers: list[_Marker] = []  # waiting for a commit that failed to be retried
         self._sync_failed: set[int] = set()
-        self._next = self._file.first_seq
-        self._settled = self._next - 1
-        self._bytes = self._file.live_bytes
-        self._count = len(self._file.index)
+        # Producers only add (issued numbers, added bytes); whoever holds _io only subtracts
+        # (removed entries and bytes), so neither waits for the other.
+        self._next = self._first = self._file.first_seq
+        self._base_count = len(self._file.index)
+        self._added_bytes = self._file.live_bytes
+        self._removed_bytes = self._removed = 0
         self._max_bytes = max_bytes
         self._limit = sys.maxsize if max_bytes is None else max_bytes
         self._interval = float(commit_interval)
@@ -187,57 +201,48 @@ class Spool:
         if value.__class__ is not bytes:
             raise TypeError(f"spool entries must be bytes, not {type(value).__name__}")
         size = len(value) + RECORD_OVERHEAD
-        with self._lock:
-            total = self._bytes + size
-            if self._refusing or total > self._limit or size > _MAX_RECORD:
+        lock = self._append_lock
+        if lock is not None:
+            lock.acquire()
+        try:
+            # From here to the assignment of _next there is no call (see _GIL): the limit check
+            # and both counters are exact however many threads append.
+            added = self._added_bytes + size
+            if self._refusing or added - self._removed_bytes > self._limit or size > _MAX_RECORD:
                 self._refuse(size)
                 return None
+            self._added_bytes = added
             seq = self._next
             self._next = seq + 1
-            self._bytes = total
-            self._count += 1
-            inbox = self._inbox
-            wake = not inbox
-            inbox.append((seq, value))
-        if self._sync:
-            return None if self._commit_now([seq]) else seq
-        if wake:
-            self._wake.set()
+            # Another thread may push between this thread's number and its push; the writer
+            # sorts what it drains, and markers (wait_durable) only follow completed appends.
+            self._push((seq, value))
+        finally:
+            if lock is not None:
+                lock.release()
+        if self._sync and self._commit_now([seq]):
+            return None
         return seq
 
     def append_many(self, values: list[bytes]) -> list[int | None]:
-        """``append`` for several values under one lock (and one commit when synchronous)."""
+        """``append`` for several values (with one commit when synchronous)."""
         for value in values:
             if value.__class__ is not bytes:
                 raise TypeError(f"spool entries must be bytes, not {type(value).__name__}")
-        out: list[int | None] = []
-        with self._lock:
-            wake = not self._inbox
-            for value in values:
-                size = len(value) + RECORD_OVERHEAD
-                total = self._bytes + size
-                if self._refusing or total > self._limit or size > _MAX_RECORD:
-                    self._refuse(size)
-                    out.append(None)
-                    continue
-                seq = self._next
-                self._next = seq + 1
-                self._bytes = total
-                self._count += 1
-                self._inbox.append((seq, value))
-                out.append(seq)
+        sync, self._sync = self._sync, False  # one commit for all of them, below
+        try:
+            out = [self.append(value) for value in values]
+        finally:
+            self._sync = sync
         issued = [seq for seq in out if seq is not None]
-        if self._sync and issued:
+        if sync and issued:
             failed = self._commit_now(issued)
             if failed:
                 return [None if seq in failed else seq for seq in out]
-            return out
-        if wake and issued:
-            self._wake.set()
         return out
 
     def _refuse(self, size: int) -> None:
-        """Count a refused append (caller holds ``_lock``)."""
+        """Count a refused append."""
         if self._refusing:
             self._refused += 1
         elif size > _MAX_RECORD:
@@ -255,14 +260,10 @@ class Spool:
                 raise TypeError(f"sequence numbers must be int, not {type(seq).__name__}")
         if not acked:
             return
-        with self._lock:
-            if self._closed:
-                log.debug("%s: %d acks after close ignored", self.path, len(acked))
-                return
-            wake = not self._acks and not self._inbox
-            self._acks += acked
-        if wake:
-            self._wake.set()
+        if self._closed:
+            log.debug("%s: %d acks after close ignored", self.path, len(acked))
+            return
+        self._acks.append(acked)
 
     # ------------------------------------------------------------------------------ reading
 
@@ -271,9 +272,8 @@ class Spool:
         if self._closed:
             raise SpoolError(f"{self.path}: the spool is closed")
         with self._io:
-            with self._lock:
-                inbox = list(self._inbox)
-                acked = set(self._acks)
+            inbox = [item for item in self._snapshot(self._inbox) if type(item) is tuple]
+            acked = {seq for batch in self._snapshot(self._acks) for seq in batch}
             acked.update(self._unwritten_acks)
             try:
                 disk, result = self._file.read_live()
@@ -288,17 +288,22 @@ class Spool:
         out.sort()
         return out
 
+    def _snapshot(self, queue: deque[Any]) -> list[Any]:
+        lock = self._append_lock
+        if lock is None:
+            return list(queue)  # one C call: no other thread runs meanwhile under the GIL
+        with lock:
+            return list(queue)
+
     def wait_durable(self, timeout: float | None = None) -> bool:
         """Wait until everything appended so far is on disk (fsynced, unless ``fsync=False``);
         asks the writer to commit now rather than at the end of its interval."""
-        with self._lock:
-            target = self._next - 1
-        if self._settled >= target:
+        if not self._inbox and not self._unwritten:
             return True
+        marker = _Marker()
+        self._push(marker)
         self._hurry.set()
-        self._wake.set()
-        with self._settled_cv:
-            return self._settled_cv.wait_for(lambda: self._settled >= target, timeout)
+        return marker.wait(timeout)
 
     # ----------------------------------------------------------------------------- lifecycle
 
@@ -306,18 +311,15 @@ class Spool:
         """Commit what is waiting, stop the writer and close the file. Appends after this are
         refused. If the disk does not take the remaining entries within ``timeout``, they are
         given up (logged with their count)."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = self._refusing = True
+        if self._closed:
+            return
+        self._closed = self._refusing = True
         self._stopping = True
         self._hurry.set()
-        self._wake.set()
         self._thread.join(timeout)
         if self._thread.is_alive():
             self._abandon = True
             self._hurry.set()
-            self._wake.set()
             log.error("%s: closed with %d entries not written after %.1f s (last error: %s)",
                       self.path, len(self._unwritten) + len(self._inbox), timeout or 0.0,
                       self._last_error)
@@ -331,17 +333,14 @@ class Spool:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<Spool {str(self.path)!r} count={self._count} bytes={self._bytes}>"
+        return f"<Spool {str(self.path)!r} count={self.count} bytes={self.bytes}>"
 
     # ------------------------------------------------------------------------------- stats
 
     @property
-    def bytes(self) -> int:
-        return self._bytes
-
-    @property
     def count(self) -> int:
-        return self._count
+        """Entries appended and not acked."""
+        return self._base_count + (self._next - self._first) - self._removed
 
     @property
     def dropped_full(self) -> int:
@@ -357,7 +356,7 @@ class Spool:
         return self._commits
 
     def stats(self) -> SpoolStats:
-        return SpoolStats(str(self.path), self._count, self._bytes, self._max_bytes,
+        return SpoolStats(str(self.path), self.count, self.bytes, self._max_bytes,
                           self._dropped_full, self._dropped_too_large, self._refused,
                           self._errors, self._commits, self._compactions, self._failing,
                           self._last_error)
@@ -367,9 +366,9 @@ class Spool:
     def _run(self) -> None:
         window = _ACK_WINDOW if self._sync else self._interval
         while True:
-            self._wake.wait(self._backoff if self._failing else 0.05 if self._stopping else None)
-            if not self._stopping and not self._hurry.is_set():
-                self._hurry.wait(window)  # gather everything appended within one interval
+            # Wake every interval (cheap when idle) rather than be woken by producers, which
+            # would cost every append a check and an Event.set().
+            self._hurry.wait(self._backoff if self._failing else window)
             self._hurry.clear()
             try:
                 with self._io:
@@ -380,45 +379,55 @@ class Spool:
                 log.exception("%s: spool writer failed", self.path)
                 self._errors += 1
                 ok = False
-                time.sleep(_RETRY_FIRST)
             if self._stopping and (self._abandon or (ok and self._idle())):
                 break
         with self._io:
             self._file.close()
 
     def _idle(self) -> bool:
-        with self._lock:
-            return not (self._inbox or self._acks or self._unwritten or self._unwritten_acks)
+        return not (self._inbox or self._acks or self._unwritten or self._unwritten_acks)
 
     def _commit_now(self, seqs: list[int]) -> set[int]:
         """``commit_interval=0``: commit ``seqs`` unless a concurrent caller's commit already
-        took them; returns those whose write failed (their appends return None)."""
+        took them (it finished before this thread got ``_io``); returns those whose write
+        failed (their appends return None)."""
         with self._io:
-            if seqs[-1] > self._settled:
-                self._commit()
+            self._commit()
             if not self._sync_failed:
                 return set()
             failed = self._sync_failed.intersection(seqs)
             self._sync_failed -= failed
         return failed
 
+    def _drain(self) -> tuple[list[tuple[int, bytes]], list[int], list[_Marker]]:
+        """Take everything producers queued so far (deque pops are thread-safe)."""
+        inbox, acks = self._inbox, self._acks
+        items: list[tuple[int, bytes]] = []
+        markers: list[_Marker] = []
+        for _ in range(len(inbox)):
+            item = inbox.popleft()
+            if isinstance(item, _Marker):
+                markers.append(item)
+            else:
+                items.append(item)
+        acked = [seq for _ in range(len(acks)) for seq in acks.popleft()]
+        items.sort()  # pushes from several threads may arrive slightly out of order
+        return items, acked, markers
+
     def _commit(self) -> bool:
         """Write everything waiting in one go (caller holds ``_io``). False if the write failed;
         then the entries wait for the next attempt (or, when synchronous, are refused)."""
-        with self._lock:
-            items, acks, next_seq = self._inbox, self._acks, self._next
-            if items:
-                self._inbox = []
-            if acks:
-                self._acks = []
-            self._wake.clear()
-        high = items[-1][0] if items else None
+        next_seq = self._next
+        items, acks, markers = self._drain()
         if self._unwritten:
-            items = self._unwritten + items
+            items = sorted(self._unwritten + items) if items else self._unwritten
             self._unwritten = []
         if self._unwritten_acks:
             acks = self._unwritten_acks + acks
             self._unwritten_acks = []
+        if self._markers:
+            markers = self._markers + markers
+            self._markers = []
         freed_bytes = freed_count = 0
         disk_acks: list[int] = []
         if acks:
@@ -449,16 +458,15 @@ class Spool:
                     self._sync_failed.update(seq for seq, _ in items)
                     freed_bytes += sum(len(v) + RECORD_OVERHEAD for _, v in items)
                     freed_count += len(items)
-        if freed_count or (ok and self._failing):
-            with self._lock:
-                self._bytes -= freed_bytes
-                self._count -= freed_count
-                if ok and self._failing:
-                    self._recovered()
-        if high is not None and (ok or self._sync):
-            with self._settled_cv:
-                self._settled = max(self._settled, high)
-                self._settled_cv.notify_all()
+                else:
+                    self._markers = markers  # released once a retry gets these written
+        self._removed_bytes += freed_bytes
+        self._removed += freed_count
+        if ok and self._failing:
+            self._recovered(wrote=bool(items or disk_acks))
+        if ok or self._sync:
+            for marker in markers:
+                marker.set()
         return ok
 
     def _write_failed(self, exc: OSError, items: _Items, acks: list[int]) -> None:
@@ -472,22 +480,23 @@ class Spool:
             return
         self._failing = True
         self._backoff = _RETRY_FIRST
-        with self._lock:
-            if not self._sync:
-                self._refusing = True
-            self._refused_at_failure = self._refused
+        if not self._sync:
+            self._refusing = True
+        self._refused_at_failure = self._refused
         room = " (no space: disk full or quota reached)" if exc.errno in SPACE_ERRNOS else ""
         log.error("%s: write failed%s: %s; %s until a write succeeds", self.path, room,
                   describe_os_error(exc), "appends fail" if self._sync else
                   f"{len(items)} entries wait in memory and new appends are refused")
 
-    def _recovered(self) -> None:
-        """A write succeeded after failures (caller holds ``_lock``)."""
+    def _recovered(self, *, wrote: bool) -> None:
+        """A commit succeeded after failures; with nothing left to write, new appends are the
+        next attempt."""
         self._failing = False
         self._refusing = self._closed
         self._backoff = _RETRY_FIRST
-        log.warning("%s: writes succeed again; %d appends were refused meanwhile", self.path,
-                    self._refused - self._refused_at_failure)
+        log.warning("%s: %s; %d appends were refused meanwhile", self.path,
+                    "writes succeed again" if wrote else "nothing left to write, accepting "
+                    "appends again", self._refused - self._refused_at_failure)
 
     def _count_error(self, what: str, exc: OSError) -> None:
         self._errors += 1
@@ -499,6 +508,9 @@ class Spool:
         """Compact when at least half the file is dead (and more than the threshold), or, after a
         failed write, whenever that can free space."""
         file = self._file
+        if force and self._unwritten_acks and len(file.index) == len(self._unwritten_acks):
+            self._reset_acked()  # acks could not be written, but they cover everything
+            return
         dead = file.dead_bytes()
         if dead <= 0 or time.monotonic() < self._compact_after:
             return
@@ -519,20 +531,42 @@ class Spool:
         if lost:
             log.error("%s: %d entries became unreadable on disk and are lost", self.path,
                       len(lost))
-            with self._lock:
-                self._count -= len(lost)
-                self._bytes -= sum(lost.values())
+            self._removed += len(lost)
+            self._removed_bytes += sum(lost.values())
+
+    def _reset_acked(self) -> None:
+        """Every entry on disk is delivered but the disk refused the ack records: emptying the
+        file says the same thing and needs no space (caller holds ``_io``)."""
+        count = len(self._file.index)
+        try:
+            freed = self._file.reset()
+        except OSError as exc:
+            self._count_error("reset", exc)
+            return
+        self._unwritten_acks = []
+        self._compactions += 1
+        self._removed_bytes += freed
+        self._removed += count
+        log.info("%s: every stored entry was delivered; emptied the file to free space",
+                 self.path)
 
     def _orphan(self) -> None:
         """In a forked child: the writer thread did not survive the fork and the file belongs to
         the parent, so this object refuses everything and lets go of the file."""
-        self._lock = threading.Lock()
         self._io = threading.Lock()
-        self._settled_cv = threading.Condition(threading.Lock())
+        self._append_lock = None if _GIL else threading.Lock()
         self._closed = self._refusing = self._stopping = True
-        self._inbox, self._acks, self._unwritten = [], [], []
+        self._inbox.clear()
+        self._acks.clear()
+        self._unwritten = []
         with contextlib.suppress(OSError):
             os.close(self._file.fd)
+
+    @property
+    def bytes(self) -> int:
+        """On-disk size of the entries appended and not acked (value + 20 bytes each).
+        Defined last: inside the class body it shadows the built-in ``bytes``."""
+        return self._added_bytes - self._removed_bytes
 
 
 def _check_args(max_bytes: object, commit_interval: object, fsync: object,

@@ -198,10 +198,13 @@ class SpoolFile:
         appended = encode_appends(items) if items else b""
         blob = appended + encode_ack(acks) if acks else appended
         fd = self.fd
+        # An entry numbered before an emptying (``reset``) but pushed after it must not fall
+        # below the floor: lower the floor first (nothing below it is left in the file).
+        floor = min(self.floor, items[0][0]) if items else self.floor
         try:
             with self._undo_header_on_error():
-                if reserve is not None:
-                    self._write_header(fd, reserve, self.floor)
+                if reserve is not None or floor != self.floor:
+                    self._write_header(fd, reserve or self.reserved, floor)
                 if blob:
                     _fileio.pwrite_all(fd, blob, self.size)
                 if self.fsync:
@@ -234,9 +237,11 @@ class SpoolFile:
             return {}
         return self._rewrite_live()
 
-    def reset(self) -> None:
-        """Nothing is live: raise the floor past every written record, then cut the file back to
-        its header. Needs no free space, so it also works on a full disk."""
+    def reset(self) -> int:
+        """Drop every written entry (all delivered): raise the floor past every written record,
+        then cut the file back to its header. Needs no free space, so it also works on a full
+        disk, even when the ack records themselves could not be written. Returns the bytes freed.
+        """
         with self._undo_header_on_error():
             self._write_header(self.fd, self.reserved, self.max_written + 1)
             if self.fsync:
@@ -246,6 +251,9 @@ class SpoolFile:
             _fileio.fsync(self.fd)
         self.size = HEADER_SIZE
         self.replay = None
+        freed, self.live_bytes = self.live_bytes, 0
+        self.index.clear()
+        return freed
 
     def _rewrite_live(self) -> dict[int, int]:
         """Copy the live records (runs of them, byte for byte) into a new file renamed over this
