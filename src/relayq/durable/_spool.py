@@ -76,7 +76,10 @@ class SpoolStats:
 
 
 class _Marker(threading.Event):
-    """Put in the inbox by ``wait_durable``; set once everything ahead of it is committed."""
+    """Put in the inbox by ``wait_durable``; set once everything ahead of it is committed, or
+    with ``ok`` False when the writer gave up (closed with a disk that kept failing)."""
+
+    ok = True
 
 
 class Spool:
@@ -298,12 +301,16 @@ class Spool:
     def wait_durable(self, timeout: float | None = None) -> bool:
         """Wait until everything appended so far is on disk (fsynced, unless ``fsync=False``);
         asks the writer to commit now rather than at the end of its interval."""
-        if not self._inbox and not self._unwritten:
+        if self._closed and not self._thread.is_alive():
+            return not (self._inbox or self._unwritten)
+        # Nothing queued and no commit under way (it holds _io): all is on disk already.
+        # _unwritten last: a commit that fails fills it before letting go of _io.
+        if not self._inbox and not self._io.locked() and not self._unwritten:
             return True
         marker = _Marker()
         self._push(marker)
         self._hurry.set()
-        return marker.wait(timeout)
+        return marker.wait(timeout) and marker.ok
 
     # ----------------------------------------------------------------------------- lifecycle
 
@@ -383,6 +390,10 @@ class Spool:
                 break
         with self._io:
             self._file.close()
+            for item in [*self._markers, *self._inbox]:
+                if isinstance(item, _Marker):  # gave up: release waiters, unconfirmed
+                    item.ok = False
+                    item.set()
 
     def _idle(self) -> bool:
         return not (self._inbox or self._acks or self._unwritten or self._unwritten_acks)
