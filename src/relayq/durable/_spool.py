@@ -1,17 +1,19 @@
 """``Spool``: a crash-safe store of one queue's entries, with group commit off the hot path.
 
-Why a log-structured file rather than SQLite in WAL mode (both measured with ``bench/spool.py
---compare`` on the development machine, 100k entries of 200 bytes, 1000 per commit)::
+Why a log-structured file rather than SQLite in WAL mode (``bench/spool.py --compare``, same
+batches, same thread, fsync on; 100k entries of 201 bytes, 1000 per commit, half then acked;
+2-core shared development VM, ranges over several runs)::
 
-    durable writes   log 2.1-2.3 M entries/s (0.45 ms/commit)  SQLite 0.72 M/s (1.4 ms/commit)
-    ack (commit)     log 0.03 ms (one range record)            SQLite 0.5 ms (B-tree delete)
-    replay           log 0.8-1.1 M entries/s (Python scan)     SQLite 2.5 M/s (C loop)
-    truncated file   log: every record before the cut kept     SQLite: "database disk image is
-                                                                malformed", nothing readable
+                     log (this module)                      SQLite WAL, synchronous=FULL
+    durable writes   1.5-2.1 M entries/s                    0.52-0.69 M entries/s
+    ack, committed   0.10-0.13 ms (one range record)        0.57-0.73 ms (B-tree delete)
+    restart replay   0.52-0.65 M live entries/s             1.8-2.3 M rows/s (C loop)
+    truncated file   every record before the cut kept       "database disk image is
+                                                            malformed": nothing readable
 
-SQLite replays faster, but the log writes three times faster, acks for almost nothing, shrinks
-by itself (SQLite needs VACUUM), and - decisive - a damaged log can be salvaged record by record
-with the standard library, while Python's ``sqlite3`` has no ``.recover``.
+SQLite replays faster, but the log writes three times faster, acks for a fifth of the cost,
+shrinks by itself (SQLite needs VACUUM), and - decisive - a damaged log is salvaged record by
+record with the standard library, while Python's ``sqlite3`` has no ``.recover``.
 
 Threads: producers add to two counters and push onto a deque, nothing else (see ``append``); a
 writer thread per spool wakes every ``commit_interval``, drains the deque and writes it with one
