@@ -103,6 +103,32 @@ def test_shared_between_processes(path: Path) -> None:
     assert store.recovery is None
 
 
+def test_an_object_used_on_both_sides_of_a_fork(path: Path) -> None:
+    """The child reopens the file: a shared descriptor would share the flock, and the two
+    processes would append over each other."""
+    with DeadLetters(path) as store:
+        store.add("before", [b"x"], "e", 1, None)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                for i in range(200):
+                    store.add("child", [b"c%d" % i], "e", 1, None)
+                code = 0
+            finally:
+                os._exit(code)
+        for i in range(200):
+            store.add("parent", [b"p%d" % i], "e", 1, None)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    with DeadLetters(path) as store:
+        assert store.recovery is None
+        letters = store.list()
+    assert len(letters) == 401
+    assert [d.entries[0] for d in letters if d.queue == "child"] == [b"c%d" % i
+                                                                     for i in range(200)]
+
+
 def test_compaction_by_one_object_is_seen_by_another(path: Path) -> None:
     with DeadLetters(path) as a, DeadLetters(path, compact_threshold=0) as b:
         for i in range(50):

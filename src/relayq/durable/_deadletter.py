@@ -19,6 +19,7 @@ import secrets
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -45,6 +46,7 @@ from relayq.durable._salvage import Recovery, check_policy, keep_corrupt_copy, l
 
 _U32 = struct.Struct("<I")
 _COMPACT_MIN = 64 * 1024
+_OPEN: weakref.WeakSet[DeadLetters] = weakref.WeakSet()
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,7 @@ class DeadLetters:
         self._known_end = 0  # the current file is validated up to here
         with self._locked(exclusive=True):
             self._scan(decode=False, repair=True)
+        _OPEN.add(self)
 
     # -------------------------------------------------------------------------------- API
 
@@ -137,6 +140,16 @@ class DeadLetters:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+        _OPEN.discard(self)
+
+    def _forked(self) -> None:
+        """In a forked child: a descriptor shared with the parent shares its flock too, so the
+        lock would no longer keep the two apart. Drop it; the next operation reopens."""
+        self._mutex = threading.Lock()
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> DeadLetters:
         return self
@@ -354,3 +367,11 @@ def _decode(payload: bytes, *, entries: bool) -> tuple[str, DeadLetter | None]:
     letter = DeadLetter(meta["id"], meta["queue"], meta["time"], meta["error"], meta["attempts"],
                         meta["count"], tuple(values), meta.get("batch_id"))
     return letter.id, letter
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_OPEN):
+        store._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
