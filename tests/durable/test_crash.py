@@ -74,11 +74,11 @@ def _inject_crash(kind: str, nth: int, fraction: float,
     if kind == "write":
         _fileio.pwrite_all = write(_fileio.pwrite_all)  # type: ignore[assignment]
     elif kind == "fsync":
-        _fileio.fsync = around(_fileio.fsync)  # type: ignore[assignment]
+        _fileio.fsync = around(_fileio.fsync)
     elif kind == "truncate":
-        _fileio.truncate = around(_fileio.truncate)  # type: ignore[assignment]
+        _fileio.truncate = around(_fileio.truncate)
     else:
-        os.replace = around(os.replace)  # type: ignore[assignment]
+        os.replace = around(os.replace)
 
 
 def _child(path: Path, side: Path, interval: float, seed: int,

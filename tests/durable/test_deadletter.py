@@ -65,7 +65,7 @@ def test_bad_arguments(path: Path) -> None:
         with pytest.raises(TypeError, match="attempts"):
             store.add("q", [b"x"], "e", -1, None)
         with pytest.raises(TypeError, match="entries must be a list"):
-            store.add("q", b"xyz", "e", 1, None)
+            store.add("q", b"xyz", "e", 1, None)  # type: ignore[arg-type]
         assert store.list() == []
 
 
