@@ -154,7 +154,10 @@ def _header_name(value: str) -> str | None:
 
 
 def _url(value: str) -> str | None:
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:  # e.g. "http://[host:80/": an unclosed IPv6 bracket
+        return f"invalid url '{value}': {exc}"
     if parts.scheme not in SUPPORTED_PROTOCOLS:
         if parts.scheme in KONG_PROTOCOLS:
             return (f"protocol '{parts.scheme}' is not supported by relayq (supported: "

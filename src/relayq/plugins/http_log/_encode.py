@@ -8,6 +8,7 @@ and a batch body is a plain join with no re-encoding.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,13 +19,25 @@ _OPTIONS = orjson.OPT_NON_STR_KEYS
 
 def encode_entry(log: Any) -> bytes:
     """One log entry as compact JSON. Values JSON cannot hold (custom fields set by a host) are
-    written as their ``str()``; integers beyond 64 bits fall back to the standard library."""
+    written as their ``str()``; integers beyond 64 bits and strings that are not valid UTF-8
+    fall back to the standard library (which must then not write ``NaN``/``Infinity``: not JSON,
+    a log server would refuse the whole batch)."""
     try:
         return orjson.dumps(log, default=str, option=_OPTIONS)
     except orjson.JSONEncodeError:
-        return json.dumps(log, default=str, separators=(",", ":"), ensure_ascii=False).encode(
-            "utf-8", "replace"
-        )
+        return json.dumps(_finite(log), default=str, separators=(",", ":"),
+                          ensure_ascii=False).encode("utf-8", "replace")
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by ``None``, as orjson writes them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def encode_body(entries: Sequence[bytes], *, array: bool) -> bytes:

@@ -55,14 +55,16 @@ SCHEMA = Schema(
     "http-log",
     {
         "http_endpoint": t.url(required=True),
-        "method": Field(type="string", default="POST", one_of=("POST", "PUT", "PATCH")),
+        "method": Field(type="string", default="POST", required=True,
+                        one_of=("POST", "PUT", "PATCH")),
         "content_type": Field(
             type="string",
             default="application/json",
+            required=True,
             one_of=("application/json", "application/json; charset=utf-8"),
         ),
-        "timeout": Field(type="number", default=10000, gt=0),
-        "keepalive": Field(type="number", default=60000, check=_non_negative),
+        "timeout": Field(type="number", default=10000, required=True, gt=0),
+        "keepalive": Field(type="number", default=60000, required=True, check=_non_negative),
         **legacy_fields("http-log"),
         "headers": Field(
             type="map",

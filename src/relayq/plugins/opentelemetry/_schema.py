@@ -31,8 +31,9 @@ _TEMPLATE = re.compile(r"\$\(.*\)")
 
 
 def timeout(default: int) -> Field:
-    """Kong's ``typedefs.timeout``: milliseconds, 0 to 2^31-2."""
-    return Field(type="integer", default=default, between=(0, TIMEOUT_MAX))
+    """Kong's ``typedefs.timeout``: milliseconds, 0 to 2^31-2. An explicit null is refused
+    (Kong accepts it, then fails on every request)."""
+    return Field(type="integer", default=default, required=True, between=(0, TIMEOUT_MAX))
 
 
 def _no_template(value: str) -> str | None:

@@ -81,16 +81,17 @@ METRIC = record(
 SCHEMA = Schema(
     "statsd",
     {
-        "host": t.host(default="localhost"),
-        "port": t.port(default=8125),
+        "host": t.host(default="localhost", required=True),
+        "port": t.port(default=8125, required=True),
         "prefix": Field(type="string", default="kong"),
-        "metrics": Field(type="array", default=list(DEFAULT_METRICS), elements=METRIC),
+        "metrics": Field(type="array", default=list(DEFAULT_METRICS), required=True,
+                         elements=METRIC),
         "allow_status_codes": Field(
             type="array",
             default=None,
             elements=Field(type="string", match=r"^[0-9]+-[0-9]+$"),
         ),
-        "udp_packet_size": Field(type="number", default=0, between=(0, 65507)),
+        "udp_packet_size": Field(type="number", default=0, required=True, between=(0, 65507)),
         "use_tcp": Field(type="boolean", default=False),
         "hostname_in_prefix": Field(type="boolean", default=False),
         "consumer_identifier_default": Field(

@@ -31,8 +31,9 @@ PROTECTED_TAGS = (
 
 
 def timeout(default: int) -> Field:
-    """Kong's ``typedefs.timeout``: milliseconds, 0 to 2^31-2."""
-    return Field(type="integer", default=default, between=(0, TIMEOUT_MAX))
+    """Kong's ``typedefs.timeout``: milliseconds, 0 to 2^31-2. An explicit null is refused
+    (Kong accepts it, then fails on every request)."""
+    return Field(type="integer", default=default, required=True, between=(0, TIMEOUT_MAX))
 
 
 def _not_protected(name: str) -> str | None:
@@ -64,7 +65,7 @@ SCHEMA = Schema(
     {
         "local_service_name": Field(type="string", default="kong", required=True),
         "http_endpoint": t.url(),
-        "sample_ratio": Field(type="number", default=0.001, between=(0, 1)),
+        "sample_ratio": Field(type="number", default=0.001, required=True, between=(0, 1)),
         "default_service_name": Field(type="string", default=None),
         "include_credential": Field(type="boolean", default=True, required=True),
         "traceid_byte_count": Field(type="integer", default=16, required=True, one_of=(8, 16)),
