@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
 import relayq
-from relayq.gateway import DeclarativeError, parse_config, parse_config_text
+from relayq.gateway import DeclarativeError, build_state, parse_config, parse_config_text
 from relayq.plugins import MemoryHttpSender, PluginConfigError, plugin_class
 from relayq.plugins.http_log import HttpLogPlugin, encode_entry
 from relayq.plugins.opentelemetry import OpenTelemetryPlugin
@@ -277,16 +277,30 @@ def _check_errors(exc: DeclarativeError, doc: Any) -> None:
         assert located or document_level, line
 
 
+def _with(path: tuple[Any, ...], value: Any) -> Any:
+    doc = copy.deepcopy(BASE_DOCUMENT)
+    parent = doc
+    for step in path[:-1]:
+        parent = parent[step]
+    parent[path[-1]] = value
+    return doc
+
+
 @settings(max_examples=300, deadline=None)
 @given(mutated_documents())
+# Found by this test: `host: null` for datadog passed the loader (and `relayq config
+# validate`), then `relayq serve` died at start-up with a traceback.
+@example(_with(("plugins", 2, "config", "host"), None))
 def test_fuzzed_declarative_documents_get_errors_with_paths(doc: Any) -> None:
+    """A document the loader accepts must also build: routes compiled, every plugin
+    constructed, as a worker does at start-up."""
     TRIED["kong.yml documents"] += 1
     try:
         config = parse_config(doc)
     except DeclarativeError as exc:
         _check_errors(exc, doc)
     else:
-        assert config.services is not None
+        build_state(config, runtime=relayq.Runtime())
 
 
 @settings(max_examples=200, deadline=None)

@@ -73,7 +73,12 @@ class DatadogPlugin(Plugin):
 
     @classmethod
     def validate(cls, config: Mapping[str, Any]) -> dict[str, Any]:
-        return SCHEMA.validate(config)
+        """The schema, then the environment fallback of a null host or port, so a config
+        the declarative loader accepts also starts (the check reads this process's
+        environment)."""
+        validated = SCHEMA.validate(config)
+        agent_address(validated)
+        return validated
 
     def log(self, ctx: RequestContext) -> None:
         self.queue.enqueue(ctx, send_entries, self.delivery, metrics_entry(ctx))
