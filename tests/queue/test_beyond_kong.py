@@ -324,3 +324,32 @@ def test_spool_full_applies_drop_policy() -> None:
         assert rt.enqueue(oldest, record, None, v)
     assert rt.flush(5)
     assert got == ["b", "c"] and rt.stats()["sfo"].dropped["capacity"] == 1
+
+
+def test_worker_processes_keep_their_own_spools(tmp_path: Any) -> None:
+    # Two "workers" (runtimes, as in two processes) share a spool directory; each one's
+    # restart replays exactly what it left behind.
+    conf = QueueConfig(name="w", spool={"path": str(tmp_path)}, initial_retry_delay=10,
+                       max_retry_time=600)
+
+    def down(conf: Any, entries: list[Any]) -> Any:
+        return False, "down"
+
+    for scope in ("worker-0", "worker-1"):
+        rt = Runtime()
+        rt.spool_scope = scope
+        rt.enqueue(conf, down, None, f"from {scope}")
+        assert rt.shutdown(0.2) == 0
+    for scope in ("worker-1", "worker-0"):
+        got: list[Any] = []
+
+        def up(conf: Any, entries: list[Any], got: list[Any] = got) -> bool:
+            got.extend(entries)
+            return True
+
+        rt = Runtime()
+        rt.spool_scope = scope
+        assert rt.replay(conf, up, None) == 1
+        assert rt.flush(5)
+        rt.shutdown(1)
+        assert got == [f"from {scope}"]

@@ -142,9 +142,9 @@ class Supervisor:
         self.pending: list[int] = []
         self.status_dir: str | None = None
 
-    def _spawn(self) -> Any:
+    def _spawn(self, index: int) -> Any:
         spec = WorkerSpec(self.config_path, self.shutdown_timeout,
-                          status_directory=self.status_dir)
+                          status_directory=self.status_dir, index=index)
         proc = self.mp.Process(target=_worker_entry, args=(self.sock, spec),
                                name="relayq-worker", daemon=False)
         proc.start()
@@ -165,7 +165,7 @@ class Supervisor:
             listener.start_in_thread()
         previous = {s: signal.signal(s, self._on_signal) for s in (*STOP_SIGNALS, signal.SIGHUP)}
         try:
-            self.procs = [self._spawn() for _ in range(self.count)]
+            self.procs = [self._spawn(i) for i in range(self.count)]
             stop_signal = self._watch()
             return self._stop(stop_signal)
         finally:
@@ -192,7 +192,7 @@ class Supervisor:
                     log.error("worker %d exited unexpectedly (code %s); starting a new one",
                               proc.pid, proc.exitcode)
                     time.sleep(RESPAWN_DELAY)
-                    self.procs[i] = self._spawn()
+                    self.procs[i] = self._spawn(i)  # same index: it replays that spool
 
     def _reload(self) -> None:
         try:

@@ -43,6 +43,7 @@ class WorkerSpec:
     shutdown_timeout: float
     status_listen: tuple[str, int] | None = None  # single worker: serve /status itself
     status_directory: str | None = None  # several workers: publish to the supervisor
+    index: int | None = None  # several workers: which one (spools are kept per worker)
 
 
 class _Server(uvicorn.Server):
@@ -165,5 +166,7 @@ def loop_factory() -> asyncio.AbstractEventLoop:
 def run_worker(sock: socket.socket, spec: WorkerSpec, config: GatewayConfig | None = None
                ) -> int:
     """Run one worker on its own event loop until it stops."""
+    if spec.index is not None:
+        relayq.default_runtime().spool_scope = f"worker-{spec.index}"
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(serve(sock, spec, config))

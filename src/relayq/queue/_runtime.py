@@ -193,6 +193,9 @@ class Runtime:
                  max_handler_threads: int = 32, storage: Storage | None = None) -> None:
         self.clock = clock
         self.storage = storage
+        # Set by a host running several worker processes ("worker-0", ...): each worker's
+        # spools live apart (a spool file has one writer) and a restarted worker finds its own.
+        self.spool_scope: str | None = None
         self.warning_throttle = WarningThrottle(clock)
         self._threads = HandlerThreads(max_handler_threads)
         self._init_state()
@@ -460,11 +463,12 @@ class Runtime:
         """The queue's spool, opened once per process (queues come and go as they drain);
         on first open, what the previous run left behind, to replay."""
         assert conf.spool is not None
-        cache_key = (conf.spool.path, _label(key))
+        label = _label(key) if self.spool_scope is None else f"{self.spool_scope}/{_label(key)}"
+        cache_key = (conf.spool.path, label)
         store = self._spools.get(cache_key)
         if store is not None:
             return store, []
-        store = self._storage().open_spool(conf.spool, _label(key))
+        store = self._storage().open_spool(conf.spool, label)
         self._spools[cache_key] = store
         return store, store.pending()
 
