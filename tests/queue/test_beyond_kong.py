@@ -294,7 +294,7 @@ def test_spooled_drops_leave_the_spool_and_ids_follow_seqs() -> None:
     assert rt.stats()["spd"].dropped["capacity"] == 2
 
 
-def test_spool_full_applies_drop_policy() -> None:
+def test_a_full_spool_refuses_new_entries_and_counts_them() -> None:
     rows: dict[int, bytes] = {}
     gate = threading.Event()
 
@@ -318,12 +318,14 @@ def test_spool_full_applies_drop_policy() -> None:
         got.extend(entries)
         return True
 
+    # drop_oldest too: the spool cannot take the new entry, and dropping an older one would
+    # not make room before its next commit, so the new one is refused and counted.
     oldest = newest.replace(name="sfo", drop_policy="drop_oldest")
     rt = Runtime(storage=SpoolStorage({}, max_count=2))
-    for v in "abc":
-        assert rt.enqueue(oldest, record, None, v)
+    assert [rt.enqueue(oldest, record, None, v) for v in "abc"] == [True, True, False]
     assert rt.flush(5)
-    assert got == ["b", "c"] and rt.stats()["sfo"].dropped["capacity"] == 1
+    s = rt.stats()["sfo"]
+    assert got == ["a", "b"] and s.dropped["full"] == 1 and s.dropped["capacity"] == 0
 
 
 def test_worker_processes_keep_their_own_spools(tmp_path: Any) -> None:

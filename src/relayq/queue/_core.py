@@ -219,17 +219,13 @@ class QueueCore:
     def _size(self, entry: Any) -> int:
         return entry_size(entry[1] if self._spooled else entry) or 0
 
-    def make_room(self) -> bool:
-        """The spool behind the queue is full: apply the drop policy to make room for one.
-        True if the oldest waiting entry was dropped (drop_oldest), False if the new entry
-        must be refused (drop_newest, block, or nothing to drop)."""
-        if self._keep_oldest or not self.entries:
-            self.counters.drop("full")
-            self._log(m.ERR, m.SPOOL_FULL)
-            return False
+    def refuse_unspooled(self) -> None:
+        """The spool refused the entry (full, or the disk is failing): refuse it too, whatever
+        the drop policy, and count it. Dropping older entries would not make room (the spool
+        frees space at its next commit), and queuing it in memory only would break the
+        promise the spool makes."""
+        self.counters.drop("full")
         self._log(m.ERR, m.SPOOL_FULL)
-        self._drop_oldest("capacity")
-        return True
 
     def is_full(self) -> bool:
         """Kong's Queue.is_full: no entry slot left, or exactly 0 bytes left."""

@@ -37,7 +37,7 @@ FALSY = "handler returned falsy value but no error information"
 GAVE_UP = "could not send entries due to max_retry_time exceeded. %d queue entries were lost"
 NIL_ENTRY = "entry must be a non-nil value"
 # relayq's own lines (Kong has no equivalent).
-SPOOL_FULL = "spool full, applying the queue's drop policy"
+SPOOL_FULL = "spool full or failing, refusing new entries until it accepts them again"
 QUEUE_FULL_NEWEST = "queue full, dropping new entries until processing is successful again"
 SPLITTING = "batch of %d entries rejected permanently, retrying it in halves of %d and %d"
 PERMANENT = "could not send entries: permanent failure. %d queue entries were lost"

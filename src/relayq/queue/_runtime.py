@@ -245,7 +245,7 @@ class Runtime:
                 spool = q.spool
                 if spool is not None:  # written to disk (by its writer) before it is queued
                     seq = spool.append(encode_entry(value))
-                    if seq is None:  # spool full: the locked path applies the drop policy
+                    if seq is None:  # spool full or failing: the locked path counts the refusal
                         return self._enqueue_locked(conf, key, handler, handler_conf, value)
                     value = (seq, value)
                 q.handler_conf = handler_conf
@@ -285,12 +285,10 @@ class Runtime:
     def _offer_spooled(q: _Queue, value: Any) -> int:
         """Write the entry to the spool, then queue it; a refused entry leaves the spool."""
         assert q.spool is not None
-        data = encode_entry(value)
-        seq = q.spool.append(data)
-        while seq is None:  # spool full (or failing): the drop policy decides
-            if not q.make_room():
-                return REJECTED
-            seq = q.spool.append(data)
+        seq = q.spool.append(encode_entry(value))
+        if seq is None:  # spool full, or its disk failing
+            q.refuse_unspooled()
+            return REJECTED
         result = q.offer((seq, value))
         if result == REJECTED:
             q.spool.ack((seq,))
