@@ -17,6 +17,8 @@ import copy
 import dataclasses
 import re
 import socket
+import subprocess
+import sys
 import textwrap
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -38,7 +40,7 @@ from relayq.plugins.opentelemetry import OpenTelemetryPlugin
 from relayq.plugins.zipkin import ZipkinPlugin
 from relayq.queue import QUEUE_FIELDS
 from relayq.serializer import RequestContext, serialize
-from tests.reliability._gateway import CountingSink, Served, UdpCounter, Upstream
+from tests.reliability._gateway import CountingSink, Served, UdpCounter, Upstream, env
 from tests.reliability._probe import wait_until
 from tests.reliability._rigs import request_context, run_phases
 from tests.reliability.conftest import Figures
@@ -288,19 +290,42 @@ def _with(path: tuple[Any, ...], value: Any) -> Any:
 
 @settings(max_examples=300, deadline=None)
 @given(mutated_documents())
-# Found by this test: `host: null` for datadog passed the loader (and `relayq config
-# validate`), then `relayq serve` died at start-up with a traceback.
 @example(_with(("plugins", 2, "config", "host"), None))
 def test_fuzzed_declarative_documents_get_errors_with_paths(doc: Any) -> None:
-    """A document the loader accepts must also build: routes compiled, every plugin
-    constructed, as a worker does at start-up."""
+    """A document the loader accepts must also build, as a worker does at start-up (routes
+    compiled, every plugin constructed), or be refused then with the field named: only
+    datadog's null host/port can pass the loader and fail here, because its fallback is the
+    serving process's environment."""
     TRIED["kong.yml documents"] += 1
     try:
         config = parse_config(doc)
     except DeclarativeError as exc:
         _check_errors(exc, doc)
-    else:
+        return
+    try:
         build_state(config, runtime=relayq.Runtime())
+    except PluginConfigError as exc:
+        assert exc.plugin == "datadog" and set(exc.errors) <= {"host", "port"}, exc
+
+
+def test_a_config_refused_at_start_up_is_reported_not_a_traceback(tmp_path: Path) -> None:
+    """Found by the test above: `relayq serve` with datadog's `host: null` and no
+    KONG_DATADOG_AGENT_HOST died with a traceback; now one error line and exit code 1."""
+    config = tmp_path / "kong.yml"
+    config.write_text(textwrap.dedent("""\
+        _format_version: "3.0"
+        plugins:
+          - name: datadog
+            config: {host: null}
+        """))
+    environment = {k: v for k, v in env().items() if not k.startswith("KONG_DATADOG")}
+    result = subprocess.run(
+        [sys.executable, "-m", "relayq", "serve", "--config", str(config),
+         "--listen", "127.0.0.1:0"], capture_output=True, text=True, env=environment,
+        timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "host: required field missing" in result.stderr, result.stderr
 
 
 @settings(max_examples=200, deadline=None)

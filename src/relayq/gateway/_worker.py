@@ -84,7 +84,12 @@ async def serve(sock: socket.socket, spec: WorkerSpec, config: GatewayConfig | N
             for line in exc.errors:
                 log.error("%s: %s", spec.config_path, line)
             return 1
-    app = Gateway(config)
+    try:
+        app = Gateway(config)
+    except ValueError as exc:  # a plugin refused its config at construction (PluginConfigError:
+        # e.g. datadog's null host without KONG_DATADOG_AGENT_HOST): report it, not a traceback
+        log.error("%s: %s", spec.config_path, exc)
+        return 1
     server = _Server(uvicorn_config(app, spec.shutdown_timeout))
     loop = asyncio.get_running_loop()
     deadline: list[float] = []

@@ -24,7 +24,9 @@ from __future__ import annotations
 import abc
 import asyncio
 import errno
+import logging
 import threading
+import urllib.parse
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -134,6 +136,39 @@ def _reason(exc: httpx.TransportError) -> str:
             return "closed"
         return text
     return str(exc) or type(exc).__name__
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for a log line: userinfo shown as ``***@``, a query string as ``?***``
+    (collectors take tokens in either, e.g. ``?api-key=...``)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(
+        (parts.scheme, netloc, parts.path, "***" if parts.query else "", parts.fragment))
+
+
+class _RedactUrls(logging.Filter):
+    """On httpx's logger: its per-request INFO line prints the full request URL, and the
+    OpenTelemetry and Zipkin endpoints may carry credentials in it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(isinstance(a, httpx.URL) for a in args):
+            record.args = tuple(
+                redact_url(str(a)) if isinstance(a, httpx.URL) and (a.userinfo or a.query)
+                else a
+                for a in args
+            )
+        return True
+
+
+_HTTPX_FILTER = _RedactUrls()
+logging.getLogger("httpx").addFilter(_HTTPX_FILTER)
 
 
 class HttpxSender(HttpSender):

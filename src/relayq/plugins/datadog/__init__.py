@@ -73,12 +73,7 @@ class DatadogPlugin(Plugin):
 
     @classmethod
     def validate(cls, config: Mapping[str, Any]) -> dict[str, Any]:
-        """The schema, then the environment fallback of a null host or port, so a config
-        the declarative loader accepts also starts (the check reads this process's
-        environment)."""
-        validated = SCHEMA.validate(config)
-        agent_address(validated)
-        return validated
+        return SCHEMA.validate(config)
 
     def log(self, ctx: RequestContext) -> None:
         self.queue.enqueue(ctx, send_entries, self.delivery, metrics_entry(ctx))

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from relayq.plugins._http import HttpSender, HttpTransportError
+from relayq.plugins._http import HttpSender, HttpTransportError, redact_url
 from relayq.plugins.opentelemetry._encode import encode_logs, encode_traces
 from relayq.plugins.opentelemetry._logcapture import LogData
 from relayq.plugins.opentelemetry._spans import SpanData
@@ -56,7 +56,8 @@ async def _post(conf: ExportConf, body: bytes, what: str, count: int) -> bool | 
         error = f"failed to send request: {exc}"
     else:
         if response.status == 200:
-            log.debug("%sexporter sent %d %s to %s", LOG_PREFIX, count, what, conf.endpoint)
+            log.debug("%sexporter sent %d %s to %s", LOG_PREFIX, count, what,
+                      redact_url(conf.endpoint))
             return True
         text = response.body.decode("utf-8", "replace")
         error = f"response error: {response.status}, body: {text}"

@@ -90,7 +90,8 @@ SCHEMA = Schema(
         "connect_timeout": timeout(1000),
         "send_timeout": timeout(5000),
         "read_timeout": timeout(5000),
-        "http_response_header_for_traceid": Field(type="string", default=None),
+        # A response header name: a CR/LF here broke every response (uvicorn refuses it).
+        "http_response_header_for_traceid": t.header_name(),
         "header_type": Field(
             type="string",
             default="preserve",

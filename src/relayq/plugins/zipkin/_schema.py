@@ -99,7 +99,8 @@ SCHEMA = Schema(
         "connect_timeout": timeout(2000),
         "send_timeout": timeout(5000),
         "read_timeout": timeout(5000),
-        "http_response_header_for_traceid": Field(type="string", default=None),
+        # A response header name: a CR/LF here broke every response (uvicorn refuses it).
+        "http_response_header_for_traceid": t.header_name(),
         "phase_duration_flavor": Field(
             type="string", default="annotations", required=True, one_of=("annotations", "tags")
         ),
