@@ -110,10 +110,18 @@ class BuildOnly:
         self.handler, self.handler_conf = handler, handler_conf
         return True
 
+    def many(self, ctx: Any, handler: Any, handler_conf: Any, entries: list[Any]) -> int:
+        """The same for ``enqueue_many`` (a request's spans at once)."""
+        self.entries.extend(entries)
+        self.handler, self.handler_conf = handler, handler_conf
+        return len(entries)
+
 
 def build_only(plugin: Plugin, binding_attr: str, sink: BuildOnly) -> Plugin:
     """The same plugin with its queue's enqueue replaced by ``sink``."""
-    getattr(plugin, binding_attr).enqueue = sink
+    binding = getattr(plugin, binding_attr)
+    binding.enqueue = sink
+    binding.enqueue_many = sink.many
     return plugin
 
 

@@ -94,3 +94,27 @@ class QueueBinding:
             log.error("%s: rejected by queue %s", self.failure, params.name)
         return ok
 
+    def enqueue_many(
+        self,
+        ctx: RequestContext,
+        handler: Callable[..., Any],
+        handler_conf: Any,
+        entries: list[Any],
+    ) -> int:
+        """``enqueue`` each of ``entries`` in order (a request's spans), entering the request's
+        workspace once; returns how many were queued."""
+        params = self.params()
+        enqueue = self.target.enqueue
+        token = _current_workspace.set(ctx.workspace_id) if ctx.workspace_id else None
+        queued = 0
+        try:
+            for entry in entries:
+                if enqueue(params, handler, handler_conf, entry):
+                    queued += 1
+                else:
+                    log.error("%s: rejected by queue %s", self.failure, params.name)
+        finally:
+            if token is not None:
+                _current_workspace.reset(token)
+        return queued
+

@@ -29,6 +29,8 @@ from relayq.plugins._propagation import SPAN_ID_SIZE, TRACE_ID_SIZE, node_id, re
 from relayq.plugins.opentelemetry._logcapture import LogData
 from relayq.plugins.opentelemetry._spans import SpanData
 
+_NUMBER = (int, float)  # isinstance with a tuple constant: `int | float` builds a union each call
+
 SCOPE_NAME = "kong-internal"
 SCOPE_VERSION = "0.1.0"
 _INT_KEYS = frozenset({"http.status_code"})
@@ -51,7 +53,7 @@ def set_value(target: AnyValue, value: Any, key: str | None = None) -> None:
         target.string_value = _text(value)
     elif isinstance(value, bool):
         target.bool_value = value
-    elif isinstance(value, int | float):
+    elif isinstance(value, _NUMBER):
         if key in _INT_KEYS:
             target.int_value = int(value)
         else:
@@ -74,13 +76,48 @@ def any_value(value: Any, key: str | None = None) -> AnyValue:
 def add_attributes(target: Any, attributes: Mapping[str, Any]) -> None:
     """Append ``attributes`` to a repeated KeyValue field, skipping ``None`` values (Kong never
     sets a nil attribute). Filling messages in place avoids building and copying temporaries,
-    which is most of the encoding time."""
+    which is most of the encoding time; ASCII strings, the common case, skip the checks."""
+    add = target.add
     for key, value in attributes.items():
         if value is None:
             continue
-        kv = target.add()
-        kv.key = _text(str(key))
-        set_value(kv.value, value, key)
+        kv = add()
+        kv.key = key if type(key) is str and key.isascii() else _text(str(key))
+        if type(value) is str and value.isascii():
+            kv.value.string_value = value
+        else:
+            set_value(kv.value, value, key)
+
+
+_Scalar = str | bool | int | float
+_CacheKey = tuple[str, type, _Scalar]
+
+
+def add_shared_attributes(
+    target: Any, attributes: Mapping[str, Any], cache: dict[_CacheKey, KeyValue]
+) -> None:
+    """``add_attributes`` for a batch: a scalar attribute seen before in the batch is copied
+    from the KeyValue built the first time (``cache``), which is cheaper than building it again;
+    most attributes repeat from span to span (method, host, route, peer, try count)."""
+    kvs: list[KeyValue] = []
+    for key, value in attributes.items():
+        kind = type(value)
+        if type(key) is str and (kind is str or kind is int or kind is float or kind is bool):
+            cache_key = (key, kind, value)
+            kv = cache.get(cache_key)
+            if kv is None:
+                kv = KeyValue(key=key if key.isascii() else _text(str(key)))
+                if kind is str and value.isascii():
+                    kv.value.string_value = value
+                else:
+                    set_value(kv.value, value, key)
+                cache[cache_key] = kv
+            kvs.append(kv)
+        elif value is not None:
+            kv = KeyValue(key=_text(str(key)))
+            set_value(kv.value, value, key)
+            kvs.append(kv)
+    target.extend(kvs)
 
 
 def key_values(attributes: Mapping[str, Any]) -> list[KeyValue]:
@@ -116,18 +153,27 @@ def _scope() -> InstrumentationScope:
     return InstrumentationScope(name=SCOPE_NAME, version=SCOPE_VERSION)
 
 
-def fill_span(message: Span, span: SpanData) -> None:
+def fill_span(
+    message: Span, span: SpanData, cache: dict[_CacheKey, KeyValue] | None = None
+) -> None:
     """Fill ``message`` as Kong's ``transform_span`` shapes a span (ids sized to 16 and 8
-    bytes, short ids left-padded)."""
-    message.trace_id = resize_id(span.trace_id, TRACE_ID_SIZE)
-    message.span_id = resize_id(span.span_id, SPAN_ID_SIZE)
-    if span.parent_span_id:
-        message.parent_span_id = resize_id(span.parent_span_id, SPAN_ID_SIZE)
+    bytes, short ids left-padded). ``cache``: see ``add_shared_attributes``."""
+    trace_id, span_id, parent_id = span.trace_id, span.span_id, span.parent_span_id
+    message.trace_id = trace_id if len(trace_id) == TRACE_ID_SIZE else resize_id(
+        trace_id, TRACE_ID_SIZE)
+    message.span_id = span_id if len(span_id) == SPAN_ID_SIZE else resize_id(
+        span_id, SPAN_ID_SIZE)
+    if parent_id:
+        message.parent_span_id = parent_id if len(parent_id) == SPAN_ID_SIZE else resize_id(
+            parent_id, SPAN_ID_SIZE)
     message.name = _text(span.name)
     message.kind = span.kind  # type: ignore[assignment]
     message.start_time_unix_nano = span.start_time_unix_nano
     message.end_time_unix_nano = span.end_time_unix_nano
-    add_attributes(message.attributes, span.attributes)
+    if cache is None:
+        add_attributes(message.attributes, span.attributes)
+    else:
+        add_shared_attributes(message.attributes, span.attributes, cache)
     if span.status_code:
         message.status.code = span.status_code  # type: ignore[assignment]
 
@@ -149,8 +195,9 @@ def encode_traces(
     scope_spans = resource_spans.scope_spans.add()
     scope_spans.scope.CopyFrom(_scope())
     add = scope_spans.spans.add
+    cache: dict[_CacheKey, KeyValue] = {}
     for span in spans:
-        fill_span(add(), span)
+        fill_span(add(), span, cache)
     return request.SerializeToString()
 
 

@@ -28,6 +28,7 @@ from relayq.plugins._propagation import (
     propagate,
     propagation_config,
     sampling_decision,
+    with_ids,
 )
 from relayq.plugins.opentelemetry import _schema
 from relayq.plugins.opentelemetry._export import (
@@ -185,12 +186,13 @@ class OpenTelemetryPlugin(Plugin):
         """Extract the incoming context, decide sampling, inject the outgoing headers."""
         extracted, found_in = extract(ctx.headers, self.propagation.extract)
         trace = ctx.plugin_data[self.id] = self._trace_for(extracted)
-        outgoing = dataclasses.replace(
+        outgoing = with_ids(
             extracted,
             trace_id=trace.trace_id,
             span_id=trace.balancer_span_id,
             parent_id=trace.root_span_id,
             should_sample=trace.sampled,
+            trace_id_original_size=extracted.trace_id_original_size,
         )
         propagate(ctx, self.propagation, outgoing, found_in)
         if self._capture is not None and _REQUEST_LOGS not in ctx.plugin_data:
@@ -206,9 +208,8 @@ class OpenTelemetryPlugin(Plugin):
         """Enqueue the request's spans (when sampled) and the pending log records."""
         trace = self._current_trace(ctx)
         if self._traces_queue is not None and trace.sampled:
-            queue, conf = self._traces_queue, self.traces_export
-            for span in request_spans(ctx, trace, time.time_ns()):
-                queue.enqueue(ctx, export_traces, conf, span)
+            spans = request_spans(ctx, trace, time.time_ns())
+            self._traces_queue.enqueue_many(ctx, export_traces, self.traces_export, spans)
         if self._logs_queue is not None:
             self._enqueue_logs(ctx, trace)
 

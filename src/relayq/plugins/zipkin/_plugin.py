@@ -12,7 +12,6 @@ discards them).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 import time
@@ -32,6 +31,7 @@ from relayq.plugins._propagation import (
     node_id,
     propagate,
     propagation_config,
+    with_ids,
 )
 from relayq.plugins.zipkin._export import ZipkinConf, send_spans
 from relayq.plugins.zipkin._schema import SCHEMA
@@ -44,6 +44,8 @@ from relayq.plugins.zipkin._spans import (
 )
 from relayq.queue import QueueConfig
 from relayq.serializer import RequestContext
+
+_NUMBER = (int, float)  # isinstance with a tuple constant: `int | float` builds a union each call
 
 log = logging.getLogger("relayq.plugins.zipkin")
 
@@ -58,7 +60,7 @@ class ZipkinRequest:
 
 
 def _us(ns: Any) -> int | None:
-    if isinstance(ns, int | float) and not isinstance(ns, bool):
+    if isinstance(ns, _NUMBER) and not isinstance(ns, bool):
         return int(ns) // 1000
     return None
 
@@ -102,6 +104,16 @@ class ZipkinPlugin(Plugin):
         )
         self._queue = QueueBinding(self, failure="failed to enqueue span")
         self._annotations = conf["phase_duration_flavor"] == "annotations"
+        # read once: the config is immutable once validated
+        self._sample_ratio: float = conf["sample_ratio"]
+        self._traceid_byte_count: int = conf["traceid_byte_count"]
+        self._method_path = conf["http_span_name"] == "method_path"
+        self._static_tags = tuple((t["name"], t["value"]) for t in conf["static_tags"] or ())
+        self._tags_header: str = conf["tags_header"].lower()
+        self._traceid_header: str | None = conf["http_response_header_for_traceid"]
+        self._include_credential: bool = conf["include_credential"]
+        self._local_service_name: str = conf["local_service_name"]
+        self._default_service_name: str | None = conf["default_service_name"]
 
     @classmethod
     def validate(cls, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -115,7 +127,6 @@ class ZipkinPlugin(Plugin):
     # --------------------------------------------------------------------------- spans
 
     def _initialize(self, ctx: RequestContext, extracted: TraceContext | None) -> ZipkinRequest:
-        conf = self.config
         if extracted is None:
             extracted, _ = extract(ctx.headers, self.propagation.extract)
         trace_id = extracted.trace_id
@@ -129,11 +140,11 @@ class ZipkinPlugin(Plugin):
             span_id, parent_id = None, extracted.span_id
         should_sample = extracted.should_sample
         if should_sample is None:
-            should_sample = random.random() < conf["sample_ratio"]
+            should_sample = random.random() < self._sample_ratio
         if trace_id is None:
-            trace_id = new_trace_id(conf["traceid_byte_count"])
+            trace_id = new_trace_id(self._traceid_byte_count)
         name = ctx.method
-        if conf["http_span_name"] == "method_path":
+        if self._method_path:
             name = f"{ctx.method} {ctx.path}"
         start = _us(ctx.timestamps.get("request_start")) or int(ctx.started_at * 1_000_000)
         span = ZipkinSpan(
@@ -153,13 +164,14 @@ class ZipkinPlugin(Plugin):
         span.set_tag("http.path", ctx.path)
         if ctx.http_version:
             span.set_tag("http.protocol", f"HTTP/{ctx.http_version}")
-        for tag in conf["static_tags"] or ():
-            span.set_tag(tag["name"], tag["value"])
-        tags, errors = parse_request_tags(header_values(ctx.headers, conf["tags_header"]))
-        if errors:
-            log.warning("Could not parse the following Zipkin tags: %s", ", ".join(errors))
-        for key, value in tags.items():
-            span.set_tag(key, value)
+        for tag_name, tag_value in self._static_tags:
+            span.set_tag(tag_name, tag_value)
+        if self._tags_header in ctx.headers:
+            tags, errors = parse_request_tags(header_values(ctx.headers, self._tags_header))
+            if errors:
+                log.warning("Could not parse the following Zipkin tags: %s", ", ".join(errors))
+            for key, value in tags.items():
+                span.set_tag(key, value)
         state = ZipkinRequest(span)
         ctx.plugin_data[self.id] = state
         return state
@@ -178,19 +190,33 @@ class ZipkinPlugin(Plugin):
         return state.proxy_span
 
     @staticmethod
-    def _tag_service_and_route(ctx: RequestContext, span: ZipkinSpan) -> None:
-        service = ctx.service or {}
-        if service.get("id"):
-            span.set_tag("kong.service", service["id"])
-            if isinstance(service.get("name"), str):
-                span.service_name = service["name"]
-                span.set_tag("kong.service_name", service["name"])
+    def _service_and_route_tags(ctx: RequestContext) -> tuple[dict[str, Any], str | None]:
+        """The tags naming the request's service and route, and the service name (the remote
+        service of the spans that carry them)."""
+        tags: dict[str, Any] = {}
+        service_name = None
+        service = ctx.service
+        if service and service.get("id"):
+            tags["kong.service"] = service["id"]
+            name = service.get("name")
+            if isinstance(name, str):
+                service_name = name
+                tags["kong.service_name"] = name
         route = ctx.route
         if route:
             if route.get("id"):
-                span.set_tag("kong.route", route["id"])
-            if isinstance(route.get("name"), str):
-                span.set_tag("kong.route_name", route["name"])
+                tags["kong.route"] = route["id"]
+            name = route.get("name")
+            if isinstance(name, str):
+                tags["kong.route_name"] = name
+        return tags, service_name
+
+    @staticmethod
+    def _tag_service_and_route(span: ZipkinSpan, tags: dict[str, Any],
+                               service_name: str | None) -> None:
+        if service_name is not None:
+            span.service_name = service_name
+        span.tags.update(tags)
 
     # --------------------------------------------------------------------------- phases
 
@@ -200,7 +226,7 @@ class ZipkinPlugin(Plugin):
         state = self._state(ctx, extracted)
         start = _us(ctx.timestamps.get("access_start")) or _now_us()
         proxy = self._proxy_span(state, start)
-        outgoing = dataclasses.replace(
+        outgoing = with_ids(
             extracted,
             trace_id=proxy.trace_id,
             span_id=proxy.span_id,
@@ -222,7 +248,7 @@ class ZipkinPlugin(Plugin):
             proxy.annotate("khf", at)
             proxy.annotate("kbs", at)
         state.header_filter_finished = True
-        header = self.config["http_response_header_for_traceid"]
+        header = self._traceid_header
         if header:
             ctx.response_headers_to_add[header] = proxy.trace_id.hex()
 
@@ -253,13 +279,14 @@ class ZipkinPlugin(Plugin):
             proxy.set_tag("kong.access.duration_ms", _ms_between(ts, "access_start", "access_end"))
 
         spans: list[ZipkinSpan] = []
-        tries = [t for t in ctx.tries if isinstance(t, Mapping)]
+        service_tags, service_name = self._service_and_route_tags(ctx)
+        tries = [t for t in ctx.tries if type(t) is dict or isinstance(t, Mapping)]
         for index, attempt in enumerate(tries, start=1):
             start = _us(attempt.get("balancer_start_ns"))
             if start is None:
                 start_ms = attempt.get("balancer_start")
                 start = (
-                    int(start_ms * 1000) if isinstance(start_ms, int | float) else proxy.timestamp
+                    int(start_ms * 1000) if isinstance(start_ms, _NUMBER) else proxy.timestamp
                 )
             span = request.child(CLIENT, f"{request.name} (balancer try {index})", start)
             span.ip = attempt.get("ip")
@@ -269,11 +296,11 @@ class ZipkinPlugin(Plugin):
                 span.set_tag("error", True)
                 span.set_tag("kong.balancer.state", attempt.get("state"))
                 span.set_tag("http.status_code", attempt.get("code"))
-            self._tag_service_and_route(ctx, span)
+            self._tag_service_and_route(span, service_tags, service_name)
             latency_us = _us(attempt.get("balancer_latency_ns"))
             if latency_us is None:
                 latency = attempt.get("balancer_latency")
-                latency_us = int(latency * 1000) if isinstance(latency, int | float) else 0
+                latency_us = int(latency * 1000) if isinstance(latency, _NUMBER) else 0
             span.finish(start + latency_us)
             spans.append(span)
         if tries:
@@ -286,17 +313,17 @@ class ZipkinPlugin(Plugin):
             request.set_tag("http.status_code", ctx.status)
         if ctx.consumer and ctx.consumer.get("id"):
             request.set_tag("kong.consumer", ctx.consumer["id"])
-        if self.config["include_credential"] and ctx.credential and ctx.credential.get("id"):
+        if self._include_credential and ctx.credential and ctx.credential.get("id"):
             request.set_tag("kong.credential", ctx.credential["id"])
         request.set_tag("kong.node.id", node_id())
-        self._tag_service_and_route(ctx, proxy)
+        self._tag_service_and_route(proxy, service_tags, service_name)
 
         proxy.finish(proxy_finish)
         request.finish(now)
         spans.append(proxy)
         spans.append(request)
         if request.should_sample and self.export.endpoint:
-            local = self.config["local_service_name"]
-            default = self.config["default_service_name"]
-            for span in spans:
-                self._queue.enqueue(ctx, send_spans, self.export, span.to_zipkin(local, default))
+            local, default = self._local_service_name, self._default_service_name
+            self._queue.enqueue_many(
+                ctx, send_spans, self.export, [span.to_zipkin(local, default) for span in spans]
+            )

@@ -15,17 +15,23 @@ from typing import Any
 from relayq.plugins._luanum import lua_number
 from relayq.plugins._propagation import new_span_id
 
+_NUMBER = (int, float)  # isinstance with a tuple constant: `int | float` builds a union each call
+_LUA_INT_LIMIT = 10**14  # below it, Lua prints an integer as Python's str() does
+
 SERVER = "SERVER"
 CLIENT = "CLIENT"
 
 
 def tag_text(value: Any) -> str:
     """A tag value as Lua's ``tostring`` renders it (Zipkin tag values are strings)."""
-    if type(value) is str:
-        return value
+    kind = type(value)
+    if kind is str:
+        return str(value)
+    if kind is int and -_LUA_INT_LIMIT < value < _LUA_INT_LIMIT:  # status codes, try numbers
+        return str(value)
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float):
+    if isinstance(value, _NUMBER):
         return lua_number(value)
     return str(value)
 
@@ -101,7 +107,11 @@ class ZipkinSpan:
         span["duration"] = self.duration if self.duration is not None else 1
         span["localEndpoint"] = {"serviceName": local_service_name}
         span["remoteEndpoint"] = remote
-        tags = {k: text for k, v in self.tags.items() if (text := tag_text(v)) != ""}
+        tags: dict[str, str] = {}
+        for key, value in self.tags.items():
+            text = value if type(value) is str else tag_text(value)
+            if text:
+                tags[key] = text
         if tags:
             span["tags"] = tags
         if self.annotations:
