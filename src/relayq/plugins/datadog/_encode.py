@@ -9,11 +9,11 @@ A missing value (which Kong would print as ``nil``) skips the line.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from relayq.plugins.statsd._encode import SIMPLE_METRICS, STAT_CODES, show
+from relayq.plugins.statsd._encode import SIMPLE_METRICS, STAT_CODES, _number, _rate, show
 
 DATADOG_CODES = {**STAT_CODES, "distribution": "d"}
 
@@ -30,6 +30,10 @@ class Metric:
     tags: tuple[str, ...]
 
 
+# (value reader, "<prefix>.<stat>:", "|<type>[|@rate]", ",<own tags>", consumer identifier)
+_Step = tuple[Callable[[Mapping[str, Any]], Any], str, str, str, str | None]
+
+
 @dataclass(frozen=True)
 class Settings:
     """What the encoder needs from a validated datadog config, computed once per instance."""
@@ -39,6 +43,22 @@ class Settings:
     status_tag: str
     consumer_tag: str
     metrics: tuple[Metric, ...]
+    _plan: tuple[_Step, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Per metric, what its line takes from the request (the value reader) and the parts
+        # that never change: "<prefix>.<stat>:", "|<type>[|@rate]" and ",<own tags>".
+        plan = tuple(
+            (
+                SIMPLE_METRICS[m.name][1],
+                f"{self.prefix}.{m.stat}:",
+                f"|{m.code}{_rate(m.sample_rate)}",
+                "," + ",".join(m.tags) if m.tags else "",
+                m.consumer_identifier,
+            )
+            for m in self.metrics
+        )
+        object.__setattr__(self, "_plan", plan)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -93,17 +113,19 @@ def metric_lines(settings: Settings, message: Mapping[str, Any]) -> list[str]:
     status_value = (message.get("response") or {}).get("status")
     status = f"{settings.status_tag}:{'-' if status_value is None else show(status_value)}"
     consumer = message.get("consumer")
+    # format_line's output, with the parts every metric of the request shares built once
+    shared = f"|#{service},{status}"
+    consumer_tags: dict[str | None, str] = {}  # identifier kind -> ",<tag>:<id>" or ""
     lines = []
-    for metric in settings.metrics:
-        value = SIMPLE_METRICS[metric.name][1](message)
+    for read, head, kind_text, own, identifier in settings._plan:
+        value = read(message)
         if value is None:
             continue
-        tags = [service, status]
-        consumer_id = consumer_tag_value(metric.consumer_identifier, consumer)
-        if consumer_id is not None:
-            tags.append(f"{settings.consumer_tag}:{show(consumer_id)}")
-        tags.extend(metric.tags)
-        lines.append(
-            format_line(settings.prefix, metric.stat, value, metric.code, metric.sample_rate, tags)
-        )
+        consumer_tag = consumer_tags.get(identifier)
+        if consumer_tag is None:
+            consumer_id = consumer_tag_value(identifier, consumer)
+            consumer_tag = consumer_tags[identifier] = (
+                "" if consumer_id is None else f",{settings.consumer_tag}:{show(consumer_id)}"
+            )
+        lines.append(f"{head}{_number(value)}{kind_text}{shared}{consumer_tag}{own}")
     return lines

@@ -17,12 +17,14 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from relayq.plugins._luanum import lua_number
 
 log = logging.getLogger("relayq.plugins")
+
+_NUMBER = (int, float)  # isinstance with a tuple constant: `int | float` builds a union each call
 
 STAT_CODES = {
     "gauge": "g",
@@ -48,7 +50,7 @@ def show(value: Any) -> str:
     """A value as Lua's ``tostring`` prints it inside a StatsD line."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float):
+    if isinstance(value, _NUMBER):
         return lua_number(value)
     return str(value)
 
@@ -120,6 +122,20 @@ class Metric:
     workspace: str
 
 
+# _plain_lines's kinds of metric
+_SIMPLE, _STATUS, _WORKSPACE, _CONSUMER, _UNIQUE, _SKIP = range(6)
+_SPECIAL_KINDS = {
+    "status_count": _STATUS,
+    "status_count_per_workspace": _WORKSPACE,
+    "unique_users": _UNIQUE,
+    "request_per_user": _CONSUMER,
+    "status_count_per_user": _CONSUMER,
+    "status_count_per_user_per_route": _CONSUMER,
+}
+# (kind, metric, value reader of a simple metric, ".<stat>:", "|<type>[|@rate]")
+_Step = tuple[int, Metric, Callable[[Mapping[str, Any]], Any] | None, str, str]
+
+
 @dataclass(frozen=True)
 class Settings:
     """What the encoder needs from a validated statsd config, computed once per instance."""
@@ -128,6 +144,19 @@ class Settings:
     metrics: tuple[Metric, ...]
     tag_style: str | None
     hostname: str
+    # per metric, what does not change from request to request (see _plain_lines)
+    _plan: tuple[_Step, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        plan = []
+        for m in self.metrics:
+            simple = SIMPLE_METRICS.get(m.name)
+            kind = _SIMPLE if simple is not None else _SPECIAL_KINDS.get(m.name, _SKIP)
+            stat, read = simple if simple is not None else ("", None)
+            # Kong sends the status and per-user counters as counters whatever the stat type
+            tail = f"|{m.code if kind == _SIMPLE else 'c'}{_rate(m.sample_rate)}"
+            plan.append((kind, m, read, f".{stat}:" if stat else "", tail))
+        object.__setattr__(self, "_plan", tuple(plan))
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], hostname: str | None = None) -> Settings:
@@ -225,6 +254,75 @@ def _special_line(
 
 def metric_lines(settings: Settings, message: Mapping[str, Any]) -> list[str]:
     """Every StatsD line one serialized request produces, in configured metric order."""
+    if settings.tag_style is None:
+        return _plain_lines(settings, message)
+    return _generic_lines(settings, message)
+
+
+def _number(value: Any) -> str:
+    """``show`` for a metric value, with the common cases (small int, finite float) first."""
+    kind = type(value)
+    if kind is int and -_LUA_INT_LIMIT < value < _LUA_INT_LIMIT:
+        return str(value)
+    if kind is float and value - value == 0.0:  # finite: nan and inf fail this
+        return f"{value:.14g}"
+    return show(value)
+
+
+_LUA_INT_LIMIT = 10**14
+
+
+def _rate(sample_rate: float | None) -> str:
+    return f"|@{show(sample_rate)}" if sample_rate is not None and sample_rate != 1 else ""
+
+
+def _plain_lines(settings: Settings, message: Mapping[str, Any]) -> list[str]:
+    """``metric_lines`` without tags (the default): the lines ``_generic_lines`` builds, with
+    the constant parts of each line prepared once per config and what the metrics of one
+    request share (scope, status, consumer) looked up once. This runs for every request a
+    gateway serves."""
+    lines: list[str] = []
+    prefix = settings.prefix
+    scopes: dict[str, str] = {}
+    consumers: dict[str, Any] = {}
+    status: str | None = None
+    for kind, metric, read, stat, tail in settings._plan:
+        if kind == _SKIP:
+            continue
+        scope = scopes.get(metric.service)
+        if scope is None:
+            scope = scopes[metric.service] = scope_name(metric, message)
+        if read is not None:
+            value = read(message)
+            if value is None or value == -1:
+                continue
+            lines.append(f"{prefix}.{scope}{stat}{_number(value)}{tail}")
+            continue
+        if status is None:
+            status = show((message.get("response") or {}).get("status"))
+        if kind == _STATUS:
+            lines.append(f"{prefix}.{scope}.status.{status}:1{tail}")
+            continue
+        if kind == _WORKSPACE:
+            workspace = workspace_identifier(metric.workspace, message)
+            if workspace is not None:
+                lines.append(f"{prefix}.{scope}.workspace.{workspace}.status.{status}:1{tail}")
+            continue
+        if metric.consumer in consumers:
+            consumer = consumers[metric.consumer]
+        else:
+            consumer = consumers[metric.consumer] = consumer_identifier(
+                metric.consumer, message.get("consumer"))
+        if consumer is None:
+            continue
+        line = _special_line(settings, metric, scope, message)
+        if line is not None:
+            lines.append(line)
+    return lines
+
+
+def _generic_lines(settings: Settings, message: Mapping[str, Any]) -> list[str]:
+    """``metric_lines`` for every tag style, metric by metric."""
     lines: list[str] = []
     style = settings.tag_style
     for metric in settings.metrics:
