@@ -15,9 +15,11 @@ from relayq.queue._config import (
     validate_queue_record,
 )
 from relayq.queue._core import Action, Lost, QueueCore, retry_delay
+from relayq.queue._default import default_runtime
+from relayq.queue._keys import CURRENT_WORKSPACE, workspace
 from relayq.queue._legacy import LEGACY_RULES, WarningThrottle, get_plugin_params, legacy_overrides
 from relayq.queue._outcome import BatchInfo, Failure, PermanentError, current_batch
-from relayq.queue._runtime import CURRENT_WORKSPACE, Runtime, default_runtime, workspace
+from relayq.queue._runtime import Runtime
 from relayq.queue._stats import DROP_REASONS, HANDLER_BUCKETS, Counters, QueueStats
 from relayq.queue._storage import (
     DeadLetterStore,

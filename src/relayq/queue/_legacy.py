@@ -126,7 +126,7 @@ def get_plugin_params(
         if rule.target is not None:
             values[rule.target] = plugin_config[rule.field]
         if throttle is None:
-            from relayq.queue._runtime import default_runtime
+            from relayq.queue._default import default_runtime
 
             throttle = default_runtime().warning_throttle
         if throttle.should_log(f"{name}/{rule.message}"):

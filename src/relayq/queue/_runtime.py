@@ -14,18 +14,15 @@ queue when it drains).
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
-import contextvars
-import inspect
 import logging
 import os
 import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from relayq.queue import _messages as m
 from relayq.queue._config import QueueConfig, as_config
@@ -40,9 +37,13 @@ from relayq.queue._core import (
     QueueCore,
     entry_size,
 )
+from relayq.queue._handler import Handler, Outcome, attempt, is_async
+from relayq.queue._keys import Key, label, make_key
+from relayq.queue._keys import _workspace as _workspace
 from relayq.queue._legacy import WarningThrottle
-from relayq.queue._outcome import BatchInfo, Failure, PermanentError
+from relayq.queue._outcome import BatchInfo
 from relayq.queue._outcome import _current as _current_batch
+from relayq.queue._queuelog import QueueLog
 from relayq.queue._stats import Counters, QueueStats, snapshot
 from relayq.queue._storage import (
     DeadLetterStore,
@@ -56,95 +57,6 @@ from relayq.queue._workers import HandlerThreads
 
 log = logging.getLogger("relayq")
 
-Handler = Callable[[Any, list[Any]], Any]
-Key = str | tuple[str, str]
-
-_workspace: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "relayq_workspace", default=None
-)
-# Public handle for hosts on a hot path: ``CURRENT_WORKSPACE.set(ws)`` / ``.reset(token)`` is
-# what ``workspace()`` does, without the context manager's cost.
-CURRENT_WORKSPACE = _workspace
-
-# Drop-related errors repeat on every enqueue while a queue is full, and "queue resumed
-# processing" on every batch taken while drops go on; log them at most this often per queue and
-# message, with the number suppressed in between.
-LOG_REPEAT_INTERVAL = 1.0
-_RATE_LIMITED = frozenset(
-    {m.QUEUE_FULL, m.QUEUE_FULL_NEWEST, m.SPOOL_FULL, m.BYTES_EXCEEDED, m.STRING_TOO_LONG,
-     m.NON_STRING, m.NIL_ENTRY, m.RESUMED}
-)
-ATEXIT_TIMEOUT = float(os.environ.get("RELAYQ_ATEXIT_TIMEOUT", "5"))
-
-
-@contextlib.contextmanager
-def workspace(workspace_id: str | None) -> Iterator[None]:
-    """Within this block, queues are keyed by ``workspace_id`` (Kong's ``ngx.ctx.workspace``)."""
-    token = _workspace.set(workspace_id or None)
-    try:
-        yield
-    finally:
-        _workspace.reset(token)
-
-
-def _key(name: str, ws: str | None) -> Key:
-    return name if not ws else (ws, name)
-
-
-def _label(key: Key) -> str:
-    return key if isinstance(key, str) else f"{key[0]}.{key[1]}"
-
-
-class _QueueLog:
-    """The log sink of one queue: Kong's prefix, and repeats of drop errors rate-limited."""
-
-    __slots__ = ("_clock", "_last", "_suppressed", "name", "tag")
-
-    def __init__(self, tag: str | None, name: str, clock: Callable[[], float]) -> None:
-        self.tag = tag
-        self.name = name
-        self._clock = clock
-        self._last: dict[str, float] = {}
-        # template -> (count, last text, level)
-        self._suppressed: dict[str, tuple[int, str, int]] = {}
-
-    def __call__(self, level: int, template: str, *args: object) -> None:
-        if not m.log.isEnabledFor(level):
-            return
-        if template in _RATE_LIMITED:
-            now = self._clock()
-            last = self._last.get(template)
-            if last is not None and 0 <= now - last < LOG_REPEAT_INTERVAL:
-                count = self._suppressed.get(template, (0, "", level))[0]
-                text = template % args if args else template
-                self._suppressed[template] = (count + 1, text, level)
-                return
-            self._last[template] = now
-            skipped = self._suppressed.pop(template, (0, "", level))[0]
-            if template == m.RESUMED:
-                self.flush()  # the drops held back so far come before "resumed"
-            if skipped:
-                text = template % args if args else template
-                m.emit(level, self.tag, self.name, m.SUPPRESSED, text, skipped,
-                       LOG_REPEAT_INTERVAL)
-                return
-        m.emit(level, self.tag, self.name, template, *args)
-
-    def flush(self) -> None:
-        """Report repeats that were suppressed and not yet reported."""
-        for count, text, level in self._suppressed.values():
-            m.emit(level, self.tag, self.name, m.SUPPRESSED, text, count, LOG_REPEAT_INTERVAL)
-        self._suppressed.clear()
-
-
-class _Result(NamedTuple):
-    error: str | None
-    ok: bool = False
-    permanent: bool = False
-    retry_after: float | None = None
-
-
-_OK = _Result(None, ok=True)
 
 
 class _Queue(QueueCore):
@@ -155,7 +67,7 @@ class _Queue(QueueCore):
 
     def __init__(self, conf: QueueConfig, key: Key, counters: Counters, handler: Handler,
                  clock: Callable[[], float], spool: EntryStore | None = None) -> None:
-        qlog = _QueueLog(conf.log_tag, conf.name, clock)
+        qlog = QueueLog(conf.log_tag, conf.name, clock)
         on_drop = None if spool is None else _acker(spool)
         super().__init__(conf, counters, qlog, on_drop=on_drop)
         self.spool = spool
@@ -163,7 +75,7 @@ class _Queue(QueueCore):
         self.key = key
         self.handler = handler
         self.handler_conf: Any = None
-        self.is_async = _is_async(handler)
+        self.is_async = is_async(handler)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.waker: asyncio.Future[None] | None = None
         self.gen = 0
@@ -175,12 +87,6 @@ def _acker(spool: EntryStore) -> Callable[[Any], None]:
         spool.ack((value[0],))
 
     return ack
-
-
-def _is_async(handler: Handler) -> bool:
-    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-        getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
-    )
 
 
 class Runtime:
@@ -366,7 +272,7 @@ class Runtime:
             return 0
         if not callable(handler):
             raise TypeError(f"handler must be callable, not {type(handler).__name__}")
-        key = _key(qc.name, _workspace.get())
+        key = make_key(qc.name, _workspace.get())
         with self._lock:
             q = self._queues.get(key)
             if q is None:
@@ -394,7 +300,7 @@ class Runtime:
         """Kong's Queue.exists: a queue of that name is registered in the current workspace."""
         if not isinstance(name, str):
             raise TypeError(f"name must be a string, not {type(name).__name__}")
-        return _key(name, _workspace.get()) in self._queues
+        return make_key(name, _workspace.get()) in self._queues
 
     def stats(self) -> dict[str, QueueStats]:
         """A frozen snapshot of every queue this runtime has seen, by name (``ws.name`` in a
@@ -406,7 +312,7 @@ class Runtime:
             out = {}
             for key, c in self._counters.items():
                 q = self._queues.get(key)
-                out[_label(key)] = snapshot(
+                out[label(key)] = snapshot(
                     c,
                     exists=q is not None,
                     depth=len(q.entries) if q else 0,
@@ -431,7 +337,7 @@ class Runtime:
             name = conf["name"]
         else:
             raise TypeError("conf must be a QueueConfig or a dict with a name")
-        return _key(name, _workspace.get())
+        return make_key(name, _workspace.get())
 
     # ================================================================ queue creation
 
@@ -461,12 +367,12 @@ class Runtime:
         """The queue's spool, opened once per process (queues come and go as they drain);
         on first open, what the previous run left behind, to replay."""
         assert conf.spool is not None
-        label = _label(key) if self.spool_scope is None else f"{self.spool_scope}/{_label(key)}"
-        cache_key = (conf.spool.path, label)
+        name = label(key) if self.spool_scope is None else f"{self.spool_scope}/{label(key)}"
+        cache_key = (conf.spool.path, name)
         store = self._spools.get(cache_key)
         if store is not None:
             return store, []
-        store = self._storage().open_spool(conf.spool, label)
+        store = self._storage().open_spool(conf.spool, name)
         self._spools[cache_key] = store
         return store, store.pending()
 
@@ -600,51 +506,27 @@ class Runtime:
             q.qlog.flush()
             q.qlog(m.TRACE, m.DONE_PROCESSING)
 
-    async def _call(self, q: _Queue, batch: list[Any]) -> _Result:
-        """One handler attempt. Never raises (but cancellation)."""
-        handler_conf = q.handler_conf  # the latest enqueuer's, re-read on every attempt
-        timeout = q.conf.handler_timeout
+    async def _call(self, q: _Queue, batch: list[Any]) -> Outcome:
+        """One handler attempt, with the batch's identity visible to the handler."""
         info = self._batch_info(q, batch)
         if q.spool is not None:
             batch = [value for _, value in batch]
         token = _current_batch.set(info)
         start = time.perf_counter()
         try:
-            if q.is_async:
-                result = await asyncio.wait_for(q.handler(handler_conf, batch), timeout)
-            else:
-                handler = q.handler
-                ctx = contextvars.copy_context()
-                fut = self._threads.run(lambda: ctx.run(handler, handler_conf, batch))
-                result = await asyncio.wait_for(fut, timeout)
-                if inspect.isawaitable(result):
-                    result = await asyncio.wait_for(result, timeout)
-        except TimeoutError:
-            return _Result(m.HANDLER_TIMEOUT % timeout)
-        except asyncio.CancelledError:
-            raise
-        except PermanentError as exc:
-            return _Result(str(exc) or "permanent failure", permanent=True)
-        except Exception as exc:
-            return _Result(str(exc) or type(exc).__name__)
+            # handler_conf is the latest enqueuer's, re-read on every attempt (Kong)
+            return await attempt(q.handler, q.is_async, q.handler_conf, batch,
+                                 q.conf.handler_timeout, self._threads)
         finally:
             _current_batch.reset(token)
             q.counters.observe_handler(time.perf_counter() - start)
-        if result is True:
-            return _OK
-        if isinstance(result, Failure):
-            return _Result(result.reason, permanent=not result.retryable,
-                           retry_after=result.retry_after)
-        if isinstance(result, tuple) and len(result) >= 2 and result[1]:
-            return _Result(str(result[1]))
-        return _Result(None)
 
     def _batch_info(self, q: _Queue, batch: list[Any]) -> BatchInfo:
         entry = self._batch_ids.get(id(batch))
         if entry is None or entry[0] is not batch:
             if q.spool is not None and batch:
                 # Spool sequence numbers survive restarts, so the id does too.
-                batch_id = f"{_label(q.key)}-{batch[0][0]}-{batch[-1][0]}"
+                batch_id = f"{label(q.key)}-{batch[0][0]}-{batch[-1][0]}"
             else:
                 self._batch_seq += 1
                 batch_id = f"{self._uid}-{self._batch_seq}"
@@ -686,7 +568,8 @@ class Runtime:
 
     # ================================================================ draining and shutdown
 
-    def _pending(self) -> bool:
+    def pending(self) -> bool:
+        """Anything waiting or in flight in any queue."""
         return any(not q.idle for q in (*self._queues.values(), *self._singles))
 
     async def drain(self, timeout: float | None = None) -> bool:
@@ -704,7 +587,7 @@ class Runtime:
         while True:
             tasks = [t for t in self._tasks if not t.done()]
             if not tasks:
-                return not self._pending()
+                return not self.pending()
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 return False
@@ -798,7 +681,7 @@ class Runtime:
                 )
             alive = loop is not None and not loop.is_closed() and loop.is_running()
             if not alive:
-                if not self._pending():
+                if not self.pending():
                     coro.close()
                     return default
                 self._start_background_loop()
@@ -830,29 +713,3 @@ def _reset_all_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_all_after_fork)
-
-_default: Runtime | None = None
-_default_lock = threading.Lock()
-
-
-def default_runtime() -> Runtime:
-    """The process-wide runtime behind ``relayq.enqueue`` and friends."""
-    global _default
-    if _default is None:
-        with _default_lock:
-            if _default is None:
-                _default = Runtime()
-    return _default
-
-
-def _atexit_flush() -> None:
-    rt = _default
-    if rt is None or not rt._pending():
-        return
-    try:
-        rt.shutdown(ATEXIT_TIMEOUT)
-    except RuntimeError as exc:  # e.g. called from inside a still-running loop
-        log.error("relayq: could not flush queues at exit: %s", exc)
-
-
-atexit.register(_atexit_flush)
