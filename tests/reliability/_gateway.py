@@ -232,11 +232,12 @@ def run_wrk(url: str, seconds: float, *, connections: int = 16) -> WrkResult:
     out = subprocess.run(
         [ensure_wrk(), "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", url],
         capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
-    match = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
+    match = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m|h)\b", out)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if match is None or rps is None:
         raise AssertionError(f"cannot read wrk's output:\n{out}")
-    elapsed = float(match.group(2)) * (0.001 if match.group(3) == "ms" else 1.0)
+    scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}[match.group(3)]
+    elapsed = float(match.group(2)) * scale
     errors = 0
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if bad:

@@ -20,6 +20,7 @@ import pytest
 
 FIGURES_ENV = "RELAYQ_RELIABILITY_FIGURES"
 LONG_ENV = "RELAYQ_LONG"
+LONG_TIMEOUT = 1200  # seconds, for a test marked slow in a long run
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -29,6 +30,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="reliability suite: run the overload and soak scenarios for minutes, not seconds",
     )
+
+
+def _long_requested(config: pytest.Config) -> bool:
+    option = False
+    with contextlib.suppress(ValueError):  # not registered: conftest loaded after parsing
+        option = bool(config.getoption("--long"))
+    return option or os.environ.get(LONG_ENV, "") not in ("", "0")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The minutes-long runs outlive the suite's 120 s per-test timeout: give the tests
+    marked ``slow`` (overload, soak) a timeout that fits, only when they run long."""
+    if not _long_requested(config):
+        return
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(pytest.mark.timeout(LONG_TIMEOUT))
 
 
 class Figures:
@@ -58,7 +76,4 @@ def figures(request: pytest.FixtureRequest) -> Figures:
 @pytest.fixture
 def long_run(request: pytest.FixtureRequest) -> bool:
     """True when the minutes-long versions were asked for."""
-    option = False
-    with contextlib.suppress(ValueError):  # not registered: conftest loaded after parsing
-        option = bool(request.config.getoption("--long"))
-    return option or os.environ.get(LONG_ENV, "") not in ("", "0")
+    return _long_requested(request.config)

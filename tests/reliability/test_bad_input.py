@@ -60,9 +60,11 @@ def _record_tried(request: pytest.FixtureRequest) -> Iterator[None]:
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = (ROOT / "examples" / "kong.yml").read_text()
 
-SETTINGS = settings(max_examples=150, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                           HealthCheck.too_slow])
+# Generating 70 KB strings and 5000-argument queries is slow by design: no health checks on
+# generation speed or size, which would fail the run on a busy machine.
+HEALTH = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+          HealthCheck.data_too_large, HealthCheck.large_base_example]
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=HEALTH)
 
 # Values a YAML or JSON file can hold, plus the numbers that break naive range checks.
 scalars = st.one_of(
@@ -288,7 +290,7 @@ def _with(path: tuple[Any, ...], value: Any) -> Any:
     return doc
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=HEALTH)
 @given(mutated_documents())
 @example(_with(("plugins", 2, "config", "host"), None))
 def test_fuzzed_declarative_documents_get_errors_with_paths(doc: Any) -> None:
@@ -328,7 +330,7 @@ def test_a_config_refused_at_start_up_is_reported_not_a_traceback(tmp_path: Path
     assert "host: required field missing" in result.stderr, result.stderr
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=HEALTH)
 @given(st.data())
 def test_fuzzed_declarative_text_never_crashes_the_loader(data: st.DataObject) -> None:
     """Byte-level damage to the YAML text itself: cut, inserted punctuation, tabs, NULs."""

@@ -183,6 +183,7 @@ LIMITS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("limit", sorted(LIMITS))
 def test_ten_times_overload_stays_bounded(limit: str, long_run: bool, figures: Figures) -> None:
     seconds = 120.0 if long_run else 5.0
