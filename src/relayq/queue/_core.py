@@ -134,13 +134,13 @@ class QueueCore:
         self.warned = False
         self.dropped_since_resume = False
         self.waiting = False  # consumer is coalescing and wants a wake-up on a full batch
-        # Below this depth an append needs none of offer()'s checks (no warning, no drop, no
-        # byte accounting); the runtime's lock-free fast path uses it. The margin keeps depth
-        # within max_entries even when that many producer threads race past the check.
         self.batch: list[Any] | None = None  # in flight (handled or between retries)
         self._max_entries = conf.max_entries
         self._keep_oldest = conf.drop_policy != "drop_oldest"
         self._warn_at = conf.max_entries * CAPACITY_WARNING_THRESHOLD
+        # Below this depth an append needs none of offer()'s checks (no warning, no drop, no
+        # byte accounting); the runtime's lock-free fast path uses it. The margin keeps depth
+        # within max_entries even when that many producer threads race past the check.
         self._fast_default = (
             0 if conf.max_bytes is not None
             else max(0, int(self._warn_at) - FAST_PATH_MARGIN)
