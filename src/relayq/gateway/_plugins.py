@@ -30,6 +30,7 @@ from relayq.serializer import RequestContext
 log = logging.getLogger("relayq.gateway")
 
 ERROR_LOG_INTERVAL = 60.0
+SELECT_CACHE_SIZE = 65536
 
 Scope = tuple[str | None, str | None, str | None]  # (route id, service id, consumer id)
 
@@ -98,10 +99,27 @@ class PluginIndex:
         self.global_only = tuple(
             b for n in self.names if (b := self.by_name[n].get((None, None, None))) is not None
         )
+        # select() runs for every plugin name on every request; its answers only depend on
+        # its arguments and this immutable index.
+        self._selected: dict[tuple[str, str | None, str | None, str | None, str],
+                             Bound | None] = {}
 
     def select(self, name: str, route: str | None, service: str | None, consumer: str | None,
                protocol: str) -> Bound | None:
         """The configuration of plugin ``name`` that applies, or None."""
+        key = (name, route, service, consumer, protocol)
+        try:
+            return self._selected[key]
+        except KeyError:
+            pass
+        bound = self._select(name, route, service, consumer, protocol)
+        if len(self._selected) >= SELECT_CACHE_SIZE:  # many consumers: start over
+            self._selected.clear()
+        self._selected[key] = bound
+        return bound
+
+    def _select(self, name: str, route: str | None, service: str | None, consumer: str | None,
+                protocol: str) -> Bound | None:
         configs = self.by_name.get(name)
         if not configs:
             return None

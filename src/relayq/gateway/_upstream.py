@@ -122,13 +122,20 @@ def forward_headers(pairs: Iterable[tuple[bytes, bytes]], drop: set[str]
     for name, value in pairs:
         if name.lower() == b"connection":
             named.update(t.strip().lower() for t in value.decode("latin-1").split(",") if t)
-    out: list[tuple[bytes, bytes]] = []
-    for name, value in pairs:
-        lname = name.decode("latin-1").lower()
-        if lname in HOP_BY_HOP or lname in _REPLACED or lname in named or lname in drop:
-            continue
-        out.append((name, value))
-    return out
+    skip = _SKIPPED
+    if named or drop:
+        # Compared as bytes (latin-1, as the names were decoded); a name latin-1 cannot
+        # encode matches no header anyway.
+        skip = skip | {n.encode("latin-1") for n in named | drop if n.isascii() or _latin1(n)}
+    return [(name, value) for name, value in pairs if name.lower() not in skip]
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def response_headers(pairs: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -137,7 +144,9 @@ def response_headers(pairs: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, 
     for name, value in pairs:
         if name.lower() == b"connection":
             named.update(t.strip().lower() for t in value.split(b",") if t.strip())
-    return [
-        (name, value) for name, value in pairs
-        if name.lower().decode("latin-1") not in HOP_BY_HOP and name.lower() not in named
-    ]
+    if named:
+        return [
+            (name, value) for name, value in pairs
+            if name.lower() not in _HOP_BY_HOP_BYTES and name.lower() not in named
+        ]
+    return [(name, value) for name, value in pairs if name.lower() not in _HOP_BY_HOP_BYTES]
