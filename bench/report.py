@@ -95,7 +95,7 @@ def rows(figures: list[Figure]) -> list[tuple[str, str, str, str, str]]:
             "Fault injection, metric senders (statsd UDP/TCP, datadog UDP)",
             f"{_n(sum(f['produced'] for f in metrics))} requests' metrics to raw listeners",
             f"{len(metrics)} runs ({', '.join(sorted({f['fault'] for f in metrics}))}); "
-            f"at most {max(f['error_lines'] for f in metrics)} send-error log lines per run; "
+            f"send-error log lines per run: at most {max(f['error_lines'] for f in metrics)}; "
             f"{_n(by_design)} requests' metrics lost during UDP/TCP-reset outages by design "
             "(fire and forget, as Kong), never duplicated",
             _n(sum(f["lost"] for f in metrics)),
@@ -131,7 +131,8 @@ def rows(figures: list[Figure]) -> list[tuple[str, str, str, str, str]]:
             f"errors); {_n(f['entries_sent'])} queue entries sent",
             "-",
             f"{_n(f['lost'])} (dropped {_n(f['dropped'])})",
-            f"RSS {f['rss_before_mb']} -> {f['rss_after_mb']} MB (peak {f['rss_peak_mb']}); "
+            f"RSS idle {f['rss_before_mb']} -> {f['rss_after_mb']} MB, under load "
+            f"{f['rss_load_early_mb']} -> {f['rss_load_late_mb']} MB (first vs last third); "
             f"fds {f['fds_before']} -> {f['fds_after']}; threads {f['threads_before']} -> "
             f"{f['threads_after']}",
         ))
