@@ -18,6 +18,8 @@ import threading
 import time
 from collections.abc import Iterable
 
+from relayq.plugins import _mmsg
+
 log = logging.getLogger("relayq.plugins")
 
 # A dead metrics agent makes every datagram fail; log such send errors at most this often per
@@ -90,7 +92,52 @@ async def send_datagrams(
 ) -> int:
     """Send each datagram; failures are logged as ``[<tag>] failed to send data to <where>: <err>``
     (no ``[<tag>] `` when ``tag`` is empty; at most once a second per destination) and
-    skipped. Returns how many were sent."""
+    skipped. Returns how many were sent.
+
+    Each datagram is its own ``send`` as far as the receiver can tell, but on Linux they go out
+    ``sendmmsg`` many at a time; a large batch (a busy gateway's, thousands of lines) is sent
+    from a worker thread, so the kernel's work of delivering them runs beside the event loop,
+    not on it. Anything unusual (a full socket buffer, an error the kernel reports only for
+    one datagram) hands the rest of the batch to the one-send-per-datagram loop.
+    """
+    prefix = f"[{tag}] " if tag else ""
+    pending = datagrams if isinstance(datagrams, list) else list(datagrams)
+    sent = 0
+    if _mmsg.available and len(pending) > 1:
+        if len(pending) >= THREAD_MIN_DATAGRAMS:
+            # The thread gets its own descriptor for the socket, and closes it when done: if
+            # this task is cancelled (shutdown) and the caller closes the socket meanwhile, the
+            # number cannot be reused under the thread.
+            fd = os.dup(sock.fileno())
+            try:
+                future = asyncio.get_running_loop().run_in_executor(
+                    None, _send_all_and_close, fd, pending)
+            except BaseException:
+                os.close(fd)
+                raise
+            done, errors = await future
+        else:
+            done, errors = _mmsg.send_all(sock.fileno(), pending)
+        for err in errors:
+            log_send_error(prefix, where, error_text(OSError(err, os.strerror(err))))
+        sent = done - len(errors)
+        pending = pending[done:]
+    return sent + await _send_each(sock, pending, prefix, where)
+
+
+def _send_all_and_close(fd: int, datagrams: list[bytes]) -> tuple[int, list[int]]:
+    try:
+        return _mmsg.send_all(fd, datagrams)
+    finally:
+        os.close(fd)
+
+
+# Batches of at least this many datagrams are sent from a worker thread (below it, handing
+# them over costs more than it saves).
+THREAD_MIN_DATAGRAMS = 256
+
+
+async def _send_each(sock: socket.socket, datagrams: list[bytes], prefix: str, where: str) -> int:
     loop = asyncio.get_running_loop()
     sent = 0
     for datagram in datagrams:
@@ -100,7 +147,7 @@ async def send_datagrams(
             except BlockingIOError:
                 await loop.sock_sendall(sock, datagram)
         except OSError as exc:
-            log_send_error(f"[{tag}] " if tag else "", where, error_text(exc))
+            log_send_error(prefix, where, error_text(exc))
             continue
         sent += 1
     return sent
