@@ -77,7 +77,11 @@ class Served:
             except httpx.TransportError:
                 return False
 
-        wait_until(answers, timeout, "the gateway to answer")
+        try:
+            wait_until(answers, timeout, "the gateway to answer")
+        except BaseException:
+            self.kill()  # never leave a gateway behind a failed start
+            raise
         return self
 
     def status(self) -> dict[str, Any]:
