@@ -60,6 +60,8 @@ class ZipkinRequest:
 
 
 def _us(ns: Any) -> int | None:
+    if type(ns) is int:
+        return ns // 1000
     if isinstance(ns, _NUMBER) and not isinstance(ns, bool):
         return int(ns) // 1000
     return None
@@ -257,6 +259,8 @@ class ZipkinPlugin(Plugin):
         now = _now_us()
         state = self._state(ctx)
         request = state.request_span
+        if not (request.should_sample and self.export.endpoint):
+            return  # nothing of this trace leaves the process (Kong builds it, then drops it)
         proxy = self._proxy_span(state, now)
         ts = ctx.timestamps
         proxy_finish = _us(ts.get("response_end")) or now
@@ -322,8 +326,7 @@ class ZipkinPlugin(Plugin):
         request.finish(now)
         spans.append(proxy)
         spans.append(request)
-        if request.should_sample and self.export.endpoint:
-            local, default = self._local_service_name, self._default_service_name
-            self._queue.enqueue_many(
-                ctx, send_spans, self.export, [span.to_zipkin(local, default) for span in spans]
-            )
+        local, default = self._local_service_name, self._default_service_name
+        self._queue.enqueue_many(
+            ctx, send_spans, self.export, [span.to_zipkin(local, default) for span in spans]
+        )
