@@ -19,6 +19,7 @@ import pytest
 import uvloop
 
 from relayq.gateway._http11 import (
+    STALE_CHECK_AFTER,
     ConnectError,
     ConnectTimeout,
     NameResolutionError,
@@ -456,6 +457,37 @@ async def test_idle_connections_closed_by_the_server_or_expired_are_not_used() -
     async with Server(answer_forever) as server:
         for _ in range(2):
             await body_of(await get(expiring, server.port))
+        assert server.connections == 2
+
+
+@both_loops
+async def test_a_close_the_loop_has_not_seen_yet_is_caught_before_reuse() -> None:
+    # The server closes an idle connection just as a request wants it; the loop has not read
+    # the close yet (reading paused here to hold that moment). The pool must not send on it.
+    closed = asyncio.Event()
+
+    async def close_after_one(reader: asyncio.StreamReader,
+                              writer: asyncio.StreamWriter) -> None:
+        if server.connections > 1:
+            return await answer_forever(reader, writer)
+        await read_head(reader)
+        writer.write(ok())
+        await writer.drain()
+        writer.close()
+        closed.set()
+
+    pool = UpstreamPool()
+    async with Server(close_after_one) as server:
+        first = await get(pool, server.port)
+        conn = first._conn
+        assert conn is not None and conn.transport is not None
+        conn.transport.pause_reading()
+        assert await body_of(first) == b"hello"
+        await closed.wait()
+        await asyncio.sleep(0.05)  # the FIN is in the socket, unread
+        assert pool.idle_count() == 1
+        conn.idle_since -= 2 * STALE_CHECK_AFTER  # idle long enough to be checked
+        assert await body_of(await get(pool, server.port)) == b"GET / HTTP/1.1"
         assert server.connections == 2
 
 

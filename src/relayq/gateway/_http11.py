@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import select
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -33,6 +34,9 @@ import httptools
 # Kong's upstream_keepalive_pool_size and upstream_keepalive_idle_timeout defaults.
 KEEPALIVE_POOL_SIZE = 512
 KEEPALIVE_IDLE_TIMEOUT = 60.0
+# A connection idle longer than this is checked for a close the loop has not noticed yet
+# before it is reused (servers close idle keep-alive connections after a few seconds).
+STALE_CHECK_AFTER = 1.0
 # Unread response bytes above which reading from the upstream pauses.
 READ_HIGH_WATER = 1 << 16
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -329,6 +333,20 @@ class _Connection(asyncio.Protocol):
             return
         self._fail(ReadTimeout("upstream read timed out"))
 
+    def has_pending_input(self) -> bool:
+        """Whether the socket has something to read that the loop has not handled yet: on an
+        idle connection, the server's close (or stray data), so it must not be reused."""
+        transport = self.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None:
+            return False
+        try:
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+            return bool(poller.poll(0))
+        except (OSError, ValueError):
+            return True
+
     def _close(self) -> None:
         self.reusable = False
         transport = self.transport
@@ -491,8 +509,12 @@ class UpstreamPool:
             idle.popleft()._close()
         while idle:
             conn = idle.pop()
-            if not conn.closed and conn.reusable:
-                return conn
+            if conn.closed or not conn.reusable:
+                continue
+            if now - conn.idle_since > STALE_CHECK_AFTER and conn.has_pending_input():
+                conn._close()  # the server closed it (or wrote to it) while it sat idle
+                continue
+            return conn
         return None
 
     def _put(self, conn: _Connection) -> None:
