@@ -417,44 +417,49 @@ class _Connection(asyncio.Protocol):
         self._read_timeout = timeouts.read
         lines = [f"{method} {target} HTTP/1.1".encode("latin-1")]
         lines.extend(name + b": " + value for name, value in headers)
-        if isinstance(body, bytes):
-            if (body or method in _BODY_METHODS) and not _has_header(headers, b"content-length"):
-                lines.append(b"content-length: " + str(len(body)).encode())
-            lines.append(b"\r\n")
-            transport.write(b"\r\n".join(lines) + body)
-            await self._drain_writes(timeouts.write)
-        elif body is None:
-            if method in _BODY_METHODS and not _has_header(headers, b"content-length"):
-                lines.append(b"content-length: 0")
-            lines.append(b"\r\n")
-            transport.write(b"\r\n".join(lines))
-        else:
-            chunked = not _has_header(headers, b"content-length")
-            if chunked:
-                lines.append(b"transfer-encoding: chunked")
-            lines.append(b"\r\n")
-            transport.write(b"\r\n".join(lines))
-            try:
-                sent_all = await self._stream(transport, body, chunked, timeouts.write)
-            except BaseException:
-                self.response = None
-                self._close()
-                raise
-            if not sent_all:  # the upstream answered early or left: never reuse
-                self.reusable = False
-        self._request_sent = not self.closed
-        while not self._headers_seen:
-            if response.error is not None:
-                self.response = None
-                self._close()
-                raise response.error
-            try:
+        try:
+            if isinstance(body, bytes):
+                if (body or method in _BODY_METHODS) and not _has_header(
+                        headers, b"content-length"):
+                    lines.append(b"content-length: " + str(len(body)).encode())
+                lines.append(b"\r\n")
+                transport.write(b"\r\n".join(lines) + body)
+                await self._drain_writes(timeouts.write)
+            elif body is None:
+                if method in _BODY_METHODS and not _has_header(headers, b"content-length"):
+                    lines.append(b"content-length: 0")
+                lines.append(b"\r\n")
+                transport.write(b"\r\n".join(lines))
+            else:
+                chunked = not _has_header(headers, b"content-length")
+                if chunked:
+                    lines.append(b"transfer-encoding: chunked")
+                lines.append(b"\r\n")
+                transport.write(b"\r\n".join(lines))
+                if not await self._stream(transport, body, chunked, timeouts.write):
+                    self.reusable = False  # the upstream answered early or left
+            self._request_sent = not self.closed
+            while not self._headers_seen:
+                if response.error is not None:
+                    raise response.error
                 await self.wait()
-            except BaseException:
-                self.response = None
-                self._close()
-                raise
+        except RuntimeError as exc:  # a transport closed under us refuses writes
+            self._abort()
+            raise ProtocolError(f"upstream connection unusable: {exc}") from exc
+        except BaseException:
+            self._abort()
+            raise
         return response
+
+    def _abort(self) -> None:
+        """The request failed or was cancelled: drop its response, timer and connection."""
+        self.response = None
+        self._waiter = None
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            timer.cancel()
+        self._close()
 
 
 def _has_header(headers: list[tuple[bytes, bytes]], lname: bytes) -> bool:
@@ -509,7 +514,8 @@ class UpstreamPool:
             idle.popleft()._close()
         while idle:
             conn = idle.pop()
-            if conn.closed or not conn.reusable:
+            if conn.closed or not conn.reusable or (
+                    conn.transport is not None and conn.transport.is_closing()):
                 continue
             if now - conn.idle_since > STALE_CHECK_AFTER and conn.has_pending_input():
                 conn._close()  # the server closed it (or wrote to it) while it sat idle
