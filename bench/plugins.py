@@ -3,7 +3,11 @@
 1. Log phase: ns per request of ``plugin.log(ctx)`` (serialize + encode + enqueue), with ratios
    against ``serialize(ctx)`` alone, measured in the same run (median of several rounds; the
    consumers run between timed blocks, as they would between requests).
-2. End to end: entries/s from the first ``log`` call until the queue is drained into a real
+2. Whole request: CPU per request of all five plugins' ``access``, ``header_filter`` and
+   ``log`` plus their batch handlers' share (encoding, sending to a null HTTP sender or a
+   bound UDP socket), configured as bench/gateway.py configures them (batches of 500), against
+   ``serialize(ctx)`` in the same run. This is what a gateway pays per request.
+3. End to end: entries/s from the first ``log`` call until the queue is drained into a real
    receiver: http-log into bench/_receiver.py (its own process, decodes every JSON body), statsd
    and datadog into Etsy's StatsD daemon over UDP (counted with its management interface).
 
@@ -31,6 +35,8 @@ import relayq
 from relayq.plugins import Plugin, create_plugin
 from relayq.plugins._http import HttpResponse, HttpSender
 from relayq.plugins.http_log import HttpLogPlugin
+from relayq.plugins.opentelemetry import OpenTelemetryPlugin
+from relayq.plugins.zipkin import ZipkinPlugin
 from relayq.serializer import RequestContext, serialize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,6 +138,80 @@ async def log_phase(rounds: int, n: int, sink_port: int) -> None:
     print("log phase, per request (median of rounds)")
     for label, ns in results.items():
         print(f"  {label:<20} {ns / 1000:8.2f} us   {ns / baseline:5.2f}x serialize()")
+
+
+# ------------------------------------------------------------------------- whole request
+
+
+def gateway_context(i: int) -> RequestContext:
+    """A request as the gateway fills it for wrk's ``GET /`` (one upstream try, timings)."""
+    t0 = time.time_ns()
+    return RequestContext(
+        method="GET", host="127.0.0.1", port=8000, path="/",
+        headers={"host": "127.0.0.1:8000"}, client_ip="127.0.0.1", client_port=50000 + i % 1000,
+        request_id=f"{i:032x}", request_size=40,
+        route={"id": "r-1", "name": "bench", "paths": ["/"], "protocols": ["http", "https"]},
+        service={"id": "s-1", "name": "bench", "host": "127.0.0.1", "port": 9000,
+                 "protocol": "http"},
+        workspace_id="ws-1", upstream_uri="/", upstream_status="200", status=200,
+        response_headers={"content-type": "application/json", "content-length": "41"},
+        response_size=200, kong_latency=0.123, proxy_latency=1.234, receive_latency=0.01,
+        request_latency=1.5,
+        tries=[{"ip": "127.0.0.1", "port": 9000, "hostname": "127.0.0.1",
+                "balancer_start": t0 // 1_000_000, "balancer_start_ns": t0,
+                "balancer_latency": 0, "balancer_latency_ns": 20_000}],
+        timestamps={"request_start": t0, "router_start": t0 + 1_000, "router_end": t0 + 3_000,
+                    "access_start": t0 + 5_000, "access_end": t0 + 30_000,
+                    "upstream_start": t0 + 40_000, "upstream_connected": t0 + 45_000,
+                    "upstream_first_byte": t0 + 400_000, "response_start": t0 + 420_000,
+                    "upstream_end": t0 + 430_000, "response_end": t0 + 450_000},
+    )
+
+
+async def whole_request(rounds: int, n: int, sink_port: int) -> None:
+    rt = relayq.Runtime()
+    queue = {"max_batch_size": 500, "max_coalescing_delay": 1, "max_entries": 1_000_000}
+    udp = {"host": "127.0.0.1", "port": sink_port, "queue": queue}
+    plugins: list[tuple[str, Plugin]] = [
+        ("http-log", HttpLogPlugin({"http_endpoint": "http://127.0.0.1:9/logs", "queue": queue},
+                                   plugin_id="w-http", runtime=rt, sender=NullSender())),
+        ("statsd", create_plugin("statsd", udp, plugin_id="w-statsd", runtime=rt)),
+        ("datadog", create_plugin("datadog", udp, plugin_id="w-datadog", runtime=rt)),
+        ("opentelemetry", OpenTelemetryPlugin(
+            {"traces_endpoint": "http://127.0.0.1:9/v1/traces", "queue": queue},
+            plugin_id="w-otel", runtime=rt, sender=NullSender())),
+        ("zipkin", ZipkinPlugin(
+            {"http_endpoint": "http://127.0.0.1:9/api/v2/spans", "sample_ratio": 1,
+             "queue": queue}, plugin_id="w-zipkin", runtime=rt, sender=NullSender())),
+    ]
+
+    async def cpu_per_request(plugin: Plugin | None) -> float:
+        contexts = [gateway_context(i) for i in range(n)]
+        start = time.process_time_ns()
+        if plugin is None:
+            for ctx in contexts:
+                serialize(ctx)
+        else:
+            for phase in (plugin.access, plugin.header_filter, plugin.log):
+                for ctx in contexts:
+                    phase(ctx)
+            await rt.drain(timeout=60)  # the batch handlers' share
+        return (time.process_time_ns() - start) / n
+
+    results: dict[str, list[float]] = {}
+    for _ in range(rounds):  # interleaved, so a busy moment of the machine hits all alike
+        results.setdefault("serialize() alone", []).append(await cpu_per_request(None))
+        for name, plugin in plugins:
+            results.setdefault(name, []).append(await cpu_per_request(plugin))
+    await rt.aclose(timeout=30)
+    baseline = statistics.median(results.pop("serialize() alone"))
+    print("whole request: all phases + batch handler share, CPU per request (median of rounds)")
+    total = 0.0
+    for name, samples in results.items():
+        ns = statistics.median(samples)
+        total += ns
+        print(f"  {name:<20} {ns / 1000:8.2f} us   {ns / baseline:5.2f}x serialize()")
+    print(f"  {'five plugins':<20} {total / 1000:8.2f} us   {total / baseline:5.2f}x serialize()")
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -295,6 +375,7 @@ async def main() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:  # bound, never read
         sink.bind(("127.0.0.1", 0))
         await log_phase(args.rounds, args.n, sink.getsockname()[1])
+        await whole_request(args.rounds, args.n, sink.getsockname()[1])
     await end_to_end(args.e2e)
 
 
