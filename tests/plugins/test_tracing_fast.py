@@ -41,7 +41,7 @@ contexts = st.builds(
 
 @given(ctx=contexts, new=contexts)
 def test_with_ids_is_replace(ctx: TraceContext, new: TraceContext) -> None:
-    changes = {
+    changes: dict[str, Any] = {
         "trace_id": new.trace_id,
         "span_id": new.span_id,
         "parent_id": new.parent_id,
