@@ -294,3 +294,17 @@ def test_shipped_examples_load() -> None:
         UPSTREAM_URL="http://127.0.0.1:1", RECEIVER_URL="http://127.0.0.1:2",
         STATSD_PORT=3, DATADOG_PORT=4))
     assert len(builtin.plugins) == 6 and builtin.credentials[0].key == "demo-key"
+
+
+def test_text_that_is_not_utf8_is_an_error_not_a_crash() -> None:
+    # Found by the fuzzer: a lone surrogate (a JSON "\udcff" escape) in a name crashed the
+    # loader while it derived ids.
+    from relayq.gateway import DeclarativeError, parse_config
+
+    doc = {"_format_version": "3.0",
+           "services": [{"name": "orders\udcff", "url": "http://orders.internal"}],
+           "consumers": [{"username": "\udcff"}]}
+    with pytest.raises(DeclarativeError) as err:
+        parse_config(doc)
+    assert "services[0].name: invalid utf-8 sequence" in err.value.errors
+    assert "consumers[0].username: invalid utf-8 sequence" in err.value.errors

@@ -43,6 +43,14 @@ def at(path: str, index: int) -> str:
     return f"{path}[{index}]"
 
 
+def _is_utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, e.g. from a JSON "\udcff" escape
+        return False
+    return True
+
+
 def string(
     *,
     one_of: Collection[str] | None = None,
@@ -61,6 +69,9 @@ def string(
             return INVALID
         if not value and not allow_empty:
             errors.append(f"{path}: length must be at least 1")
+            return INVALID
+        if not _is_utf8(value):
+            errors.append(f"{path}: invalid utf-8 sequence")
             return INVALID
         if one_of is not None and value not in one_of:
             errors.append(f"{path}: expected one of: {', '.join(one_of)}")

@@ -10,6 +10,7 @@ the entity's position in the file instead, so ids stay stable as long as the fil
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from functools import cache
 
@@ -17,19 +18,26 @@ from functools import cache
 _ENTITIES_NAMESPACE = uuid.UUID("fd02801f-0957-4a15-a55a-c8d9606f30b5")
 
 
+def _uuid5(namespace: uuid.UUID, name: str) -> uuid.UUID:
+    # uuid.uuid5, but never raising on text that is not valid UTF-8 (a lone surrogate from a
+    # JSON escape): ids are computed before validation has refused such a name.
+    data = name.encode("utf-8", "surrogatepass")
+    return uuid.UUID(bytes=hashlib.sha1(namespace.bytes + data).digest()[:16], version=5)
+
+
 @cache
 def _namespace(entity: str) -> uuid.UUID:
-    return uuid.uuid5(_ENTITIES_NAMESPACE, entity)
+    return _uuid5(_ENTITIES_NAMESPACE, entity)
 
 
 def entity_id(entity: str, key: str) -> str:
     """Kong's ``generate_uuid(schema.name, key)``: e.g. ``entity_id("services", "orders")``."""
-    return str(uuid.uuid5(_namespace(entity), key))
+    return str(_uuid5(_namespace(entity), key))
 
 
 def positional_id(entity: str, location: str) -> str:
     """An id for an entity Kong would give a random id: derived from where it is declared."""
-    return str(uuid.uuid5(_namespace(entity), f"relayq-position:{location}"))
+    return str(_uuid5(_namespace(entity), f"relayq-position:{location}"))
 
 
 def plugin_cache_key(name: str, route: str | None, service: str | None,
