@@ -250,6 +250,8 @@ def mutated_documents(draw: st.DrawFn) -> Any:
             parent[last]
         except (KeyError, IndexError, TypeError):
             continue
+        if not isinstance(parent, dict | list):  # an earlier edit put a string here
+            continue
         action = draw(st.sampled_from(["replace", "swap", "delete", "add", "duplicate"]))
         if action == "replace":
             parent[last] = draw(json_values)
