@@ -58,6 +58,11 @@ def default_storage() -> Storage:
 
 def encode_entry(value: Any) -> bytes:
     """An entry as bytes, tagged so ``decode_entry`` gives back the same type."""
+    if value.__class__ is str:  # the hot path: strict UTF-8 skips the error-handler lookup
+        try:
+            return b"s" + value.encode()
+        except UnicodeEncodeError:  # a lone surrogate
+            return b"s" + value.encode("utf-8", "surrogatepass")
     if isinstance(value, str):
         return b"s" + value.encode("utf-8", "surrogatepass")
     if isinstance(value, bytes | bytearray | memoryview):
