@@ -205,13 +205,31 @@ class Spool:
         """Store ``value``; returns its sequence number, or None if refused (and counted)."""
         if value.__class__ is not bytes:
             raise TypeError(f"spool entries must be bytes, not {type(value).__name__}")
+        if self._append_lock is not None:  # free-threaded build
+            return self._append_locked(value)
+        size = len(value) + RECORD_OVERHEAD
+        # From here to the push there is no call (see _GIL): the limit check and both counters
+        # are exact however many threads append.
+        added = self._added_bytes + size
+        if self._refusing or added - self._removed_bytes > self._limit or size > _MAX_RECORD:
+            self._refuse(size)
+            return None
+        self._added_bytes = added
+        seq = self._next
+        self._next = seq + 1
+        # The writer sorts what it drains, and markers (wait_durable) only follow completed
+        # appends.
+        self._push((seq, value))
+        if self._sync and self._commit_now([seq]):
+            return None
+        return seq
+
+    def _append_locked(self, value: bytes) -> int | None:
+        """``append`` without the GIL: the same steps under ``_append_lock``."""
         size = len(value) + RECORD_OVERHEAD
         lock = self._append_lock
-        if lock is not None:
-            lock.acquire()
-        try:
-            # From here to the assignment of _next there is no call (see _GIL): the limit check
-            # and both counters are exact however many threads append.
+        assert lock is not None
+        with lock:
             added = self._added_bytes + size
             if self._refusing or added - self._removed_bytes > self._limit or size > _MAX_RECORD:
                 self._refuse(size)
@@ -220,11 +238,8 @@ class Spool:
             seq = self._next
             self._next = seq + 1
             # Another thread may push between this thread's number and its push; the writer
-            # sorts what it drains, and markers (wait_durable) only follow completed appends.
+            # sorts what it drains.
             self._push((seq, value))
-        finally:
-            if lock is not None:
-                lock.release()
         if self._sync and self._commit_now([seq]):
             return None
         return seq
