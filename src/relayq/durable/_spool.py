@@ -34,6 +34,7 @@ import weakref
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import repeat, starmap
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -120,6 +121,7 @@ class Spool:
         "_first",
         "_hurry",
         "_inbox",
+        "_inbox_seq",
         "_interval",
         "_io",
         "_last_error",
@@ -154,7 +156,10 @@ class Spool:
         self._io = threading.Lock()
         self._append_lock = None if _GIL else threading.Lock()
         self._hurry = threading.Event()
-        self._inbox: deque[tuple[int, bytes] | _Marker] = deque()
+        # Values, not (seq, value) pairs: each append pushes right after taking its number, with
+        # nothing between that lets another thread run, so the values in the inbox carry
+        # consecutive numbers starting at _inbox_seq (advanced by whoever drains, under _io).
+        self._inbox: deque[bytes | _Marker] = deque()
         self._push = self._inbox.append
         self._acks: deque[list[int]] = deque()
         self._unwritten: list[tuple[int, bytes]] = []
@@ -163,7 +168,7 @@ class Spool:
         self._sync_failed: set[int] = set()
         # Producers only add (issued numbers, added bytes); whoever holds _io only subtracts
         # (removed entries and bytes), so neither waits for the other.
-        self._next = self._first = self._file.first_seq
+        self._next = self._first = self._inbox_seq = self._file.first_seq
         self._base_count = len(self._file.index)
         self._added_bytes = self._file.live_bytes
         self._removed_bytes = self._removed = 0
@@ -208,8 +213,9 @@ class Spool:
         if self._append_lock is not None:  # free-threaded build
             return self._append_locked(value)
         size = len(value) + RECORD_OVERHEAD
-        # From here to the push there is no call (see _GIL): the limit check and both counters
-        # are exact however many threads append.
+        # From here to the push there is no call and no allocation the garbage collector counts
+        # (see _GIL): the limit check and both counters are exact however many threads append,
+        # and values reach the inbox in the order of their numbers (see _inbox).
         added = self._added_bytes + size
         if self._refusing or added - self._removed_bytes > self._limit or size > _MAX_RECORD:
             self._refuse(size)
@@ -217,9 +223,12 @@ class Spool:
         self._added_bytes = added
         seq = self._next
         self._next = seq + 1
-        # The writer sorts what it drains, and markers (wait_durable) only follow completed
-        # appends.
-        self._push((seq, value))
+        try:
+            self._push(value)
+        except BaseException:  # MemoryError: take the number back, or the inbox would be off
+            self._next = seq
+            self._added_bytes -= size
+            raise
         if self._sync and self._commit_now([seq]):
             return None
         return seq
@@ -237,9 +246,12 @@ class Spool:
             self._added_bytes = added
             seq = self._next
             self._next = seq + 1
-            # Another thread may push between this thread's number and its push; the writer
-            # sorts what it drains.
-            self._push((seq, value))
+            try:
+                self._push(value)  # under the lock: in the order of the numbers
+            except BaseException:
+                self._next = seq
+                self._added_bytes -= size
+                raise
         if self._sync and self._commit_now([seq]):
             return None
         return seq
@@ -292,7 +304,9 @@ class Spool:
         if self._closed:
             raise SpoolError(f"{self.path}: the spool is closed")
         with self._io:
-            inbox = [item for item in self._snapshot(self._inbox) if type(item) is tuple]
+            values = [item for item in self._snapshot(self._inbox) if type(item) is bytes]
+            first = self._inbox_seq
+            inbox = list(zip(range(first, first + len(values)), values, strict=True))
             acked = {seq for batch in self._snapshot(self._acks) for seq in batch}
             acked.update(self._unwritten_acks)
             try:
@@ -430,17 +444,17 @@ class Spool:
     def _drain(self) -> tuple[list[tuple[int, bytes]], list[int], list[_Marker]]:
         """Take everything producers queued so far (deque pops are thread-safe)."""
         inbox, acks = self._inbox, self._acks
-        items: list[tuple[int, bytes]] = []
+        # What was there when we looked, popped in one C loop (producers keep pushing).
+        taken: list[bytes | _Marker] = list(starmap(inbox.popleft, repeat((), len(inbox))))
         markers: list[_Marker] = []
-        for _ in range(len(inbox)):
-            item = inbox.popleft()
-            if isinstance(item, _Marker):
-                markers.append(item)
-            else:
-                items.append(item)
+        if _Marker in set(map(type, taken)):  # rare: only wait_durable pushes them
+            markers = [item for item in taken if isinstance(item, _Marker)]
+            taken = [item for item in taken if not isinstance(item, _Marker)]
+        start = self._inbox_seq
+        self._inbox_seq = start + len(taken)
+        items = list(zip(range(start, self._inbox_seq), taken, strict=True))  # see _inbox
         acked = [seq for _ in range(len(acks)) for seq in acks.popleft()]
-        items.sort()  # pushes from several threads may arrive slightly out of order
-        return items, acked, markers
+        return items, acked, markers  # type: ignore[return-value]
 
     def _commit(self) -> bool:
         """Write everything waiting in one go (caller holds ``_io``). False if the write failed;
