@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from relayq.serializer import RequestContext
 
@@ -29,8 +29,15 @@ class PluginConfigError(ValueError):
         super().__init__(f"invalid {plugin} plugin config: {detail}")
 
 
+class ConfigSchema(Protocol):
+    """What a plugin validates its config with (``relayq.plugins._schema.Schema``)."""
+
+    def validate(self, config: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
 class Plugin:
-    """Base class of the five queue plugins. Subclasses set ``name`` and ``priority``.
+    """Base class of the five queue plugins. Subclasses set ``name``, ``priority`` and
+    ``schema`` (or override ``validate``).
 
     ``runtime`` is the ``relayq.Runtime`` whose queues the plugin enqueues into; ``None`` means
     the process-wide default runtime (``relayq.enqueue`` and friends).
@@ -38,6 +45,7 @@ class Plugin:
 
     name: ClassVar[str] = ""
     priority: ClassVar[int] = 0
+    schema: ClassVar[ConfigSchema | None] = None
 
     def __init__(
         self,
@@ -55,7 +63,9 @@ class Plugin:
     @classmethod
     def validate(cls, config: Mapping[str, Any]) -> dict[str, Any]:
         """Return the config with Kong's defaults filled in, or raise ``PluginConfigError``."""
-        raise NotImplementedError(f"plugin {cls.name!r} does not define validate()")
+        if cls.schema is None:
+            raise TypeError(f"plugin {cls.name!r} has neither a schema nor its own validate()")
+        return cls.schema.validate(config)
 
     def access(self, ctx: RequestContext) -> None:
         """Before the request is proxied."""

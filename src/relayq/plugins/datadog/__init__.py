@@ -57,6 +57,7 @@ class DatadogPlugin(Plugin):
 
     name = "datadog"
     priority = 10
+    schema = SCHEMA
 
     def __init__(
         self,
@@ -71,9 +72,6 @@ class DatadogPlugin(Plugin):
         self.queue = QueueBinding(self, failure="failed to enqueue log entry to Datadog")
         self.delivery = Delivery(host=host, port=port, settings=Settings.from_config(self.config))
 
-    @classmethod
-    def validate(cls, config: Mapping[str, Any]) -> dict[str, Any]:
-        return SCHEMA.validate(config)
 
     def log(self, ctx: RequestContext) -> None:
         self.queue.enqueue(ctx, send_entries, self.delivery, metrics_entry(ctx))

@@ -49,6 +49,7 @@ class HttpLogPlugin(Plugin):
 
     name = "http-log"
     priority = 12
+    schema = SCHEMA
 
     def __init__(
         self,
@@ -81,9 +82,6 @@ class HttpLogPlugin(Plugin):
             sender=sender,
         )
 
-    @classmethod
-    def validate(cls, config: Mapping[str, Any]) -> dict[str, Any]:
-        return SCHEMA.validate(config)
 
     def log(self, ctx: RequestContext) -> None:
         self.queue.enqueue(ctx, send_entries, self.delivery, encode_entry(serialize(ctx)))

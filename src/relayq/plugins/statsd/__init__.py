@@ -44,6 +44,7 @@ class StatsdPlugin(Plugin):
 
     name = "statsd"
     priority = 11
+    schema = SCHEMA
 
     def __init__(
         self,
@@ -66,9 +67,6 @@ class StatsdPlugin(Plugin):
             settings=Settings.from_config(conf, hostname),
         )
 
-    @classmethod
-    def validate(cls, config: Mapping[str, Any]) -> dict[str, Any]:
-        return SCHEMA.validate(config)
 
     def log(self, ctx: RequestContext) -> None:
         allowed = self.allowed

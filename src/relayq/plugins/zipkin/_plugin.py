@@ -84,6 +84,7 @@ class ZipkinPlugin(Plugin):
 
     name = "zipkin"
     priority = 100000
+    schema = SCHEMA
 
     def __init__(
         self,
@@ -117,9 +118,6 @@ class ZipkinPlugin(Plugin):
         self._local_service_name: str = conf["local_service_name"]
         self._default_service_name: str | None = conf["default_service_name"]
 
-    @classmethod
-    def validate(cls, config: Mapping[str, Any]) -> dict[str, Any]:
-        return SCHEMA.validate(config)
 
     @property
     def queue(self) -> QueueConfig:
