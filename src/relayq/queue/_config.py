@@ -296,8 +296,6 @@ _FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(QueueCo
 
 def as_config(conf: QueueConfig | Mapping[str, Any]) -> QueueConfig:
     """Accept a ``QueueConfig`` or a dict with the same keys."""
-    if type(conf) is QueueConfig:
-        return conf
     if isinstance(conf, QueueConfig):
         return conf
     return QueueConfig.from_dict(conf)
