@@ -129,10 +129,11 @@ class Spool:
         "_markers",
         "_max_bytes",
         "_next",
+        "_open_limit",
         "_push",
         "_refused",
         "_refused_at_failure",
-        "_refusing",
+        "_refused_flag",
         "_removed",
         "_removed_bytes",
         "_stopping",
@@ -178,7 +179,9 @@ class Spool:
         self._sync = commit_interval == 0
         self._compact_threshold = compact_threshold
         self._compact_after = 0.0
-        self._refusing = self._closed = self._stopping = self._abandon = self._failing = False
+        self._refused_flag = False
+        self._open_limit = self._limit if _GIL and not self._sync else -1
+        self._closed = self._stopping = self._abandon = self._failing = False
         self._dropped_full = self._dropped_too_large = self._refused = 0
         self._refused_at_failure = 0
         self._errors = self._commits = self._compactions = 0
@@ -204,20 +207,52 @@ class Spool:
         with Spool(path, on_corruption="salvage") as spool:
             return spool.recovery
 
+    @property
+    def _refusing(self) -> bool:
+        """Appends are refused (closed, or writes failing); keeps ``append``'s fast path shut."""
+        return self._refused_flag
+
+    @_refusing.setter
+    def _refusing(self, value: bool) -> None:
+        self._refused_flag = value
+        self._open_limit = -1 if value or self._sync or not _GIL else self._limit
+
     # ------------------------------------------------------------------------------ hot path
 
     def append(self, value: bytes) -> int | None:
         """Store ``value``; returns its sequence number, or None if refused (and counted)."""
+        if value.__class__ is bytes:
+            size = len(value) + RECORD_OVERHEAD
+            # From here to the push there is no call and no allocation the garbage collector
+            # counts (see _GIL): the limit check and both counters are exact however many
+            # threads append, and values reach the inbox in the order of their numbers (see
+            # _inbox). _open_limit is -1 whenever this path must not be taken (refusing,
+            # synchronous, free-threaded): then _append_slow sorts it out.
+            added = self._added_bytes + size
+            if added - self._removed_bytes <= self._open_limit and size <= _MAX_RECORD:
+                self._added_bytes = added
+                seq = self._next
+                self._next = seq + 1
+                try:
+                    self._push(value)
+                except BaseException:  # MemoryError: take the number back, or the inbox is off
+                    self._next = seq
+                    self._added_bytes -= size
+                    raise
+                return seq
+        return self._append_slow(value)
+
+    def _append_slow(self, value: bytes, *, commit: bool = True) -> int | None:
+        """``append`` when the fast path does not apply: a wrong type, a refusal, a
+        synchronous spool, or a build without the GIL. ``commit=False``: the caller commits
+        (``append_many``)."""
         if value.__class__ is not bytes:
             raise TypeError(f"spool entries must be bytes, not {type(value).__name__}")
-        if self._append_lock is not None:  # free-threaded build
-            return self._append_locked(value)
+        if self._append_lock is not None:
+            return self._append_locked(value, commit=commit)
         size = len(value) + RECORD_OVERHEAD
-        # From here to the push there is no call and no allocation the garbage collector counts
-        # (see _GIL): the limit check and both counters are exact however many threads append,
-        # and values reach the inbox in the order of their numbers (see _inbox).
-        added = self._added_bytes + size
-        if self._refusing or added - self._removed_bytes > self._limit or size > _MAX_RECORD:
+        added = self._added_bytes + size  # no call from here to the push, as in append
+        if self._refused_flag or added - self._removed_bytes > self._limit or size > _MAX_RECORD:
             self._refuse(size)
             return None
         self._added_bytes = added
@@ -225,22 +260,23 @@ class Spool:
         self._next = seq + 1
         try:
             self._push(value)
-        except BaseException:  # MemoryError: take the number back, or the inbox would be off
+        except BaseException:
             self._next = seq
             self._added_bytes -= size
             raise
-        if self._sync and self._commit_now([seq]):
+        if commit and self._sync and self._commit_now([seq]):
             return None
         return seq
 
-    def _append_locked(self, value: bytes) -> int | None:
+    def _append_locked(self, value: bytes, *, commit: bool) -> int | None:
         """``append`` without the GIL: the same steps under ``_append_lock``."""
         size = len(value) + RECORD_OVERHEAD
         lock = self._append_lock
         assert lock is not None
         with lock:
             added = self._added_bytes + size
-            if self._refusing or added - self._removed_bytes > self._limit or size > _MAX_RECORD:
+            if (self._refused_flag or added - self._removed_bytes > self._limit
+                    or size > _MAX_RECORD):
                 self._refuse(size)
                 return None
             self._added_bytes = added
@@ -252,7 +288,7 @@ class Spool:
                 self._next = seq
                 self._added_bytes -= size
                 raise
-        if self._sync and self._commit_now([seq]):
+        if commit and self._sync and self._commit_now([seq]):
             return None
         return seq
 
@@ -261,13 +297,9 @@ class Spool:
         for value in values:
             if value.__class__ is not bytes:
                 raise TypeError(f"spool entries must be bytes, not {type(value).__name__}")
-        sync, self._sync = self._sync, False  # one commit for all of them, below
-        try:
-            out = [self.append(value) for value in values]
-        finally:
-            self._sync = sync
+        out = [self._append_slow(value, commit=False) for value in values]  # one commit, below
         issued = [seq for seq in out if seq is not None]
-        if sync and issued:
+        if self._sync and issued:
             failed = self._commit_now(issued)
             if failed:
                 return [None if seq in failed else seq for seq in out]

@@ -150,7 +150,14 @@ class Runtime:
             if len(entries) < q.fast_limit:
                 spool = q.spool
                 if spool is not None:  # written to disk (by its writer) before it is queued
-                    seq = spool.append(encode_entry(value))
+                    if value.__class__ is str:  # encode_entry's common case, without the call
+                        try:
+                            data = b"s" + value.encode()
+                        except UnicodeEncodeError:
+                            data = encode_entry(value)
+                    else:
+                        data = encode_entry(value)
+                    seq = spool.append(data)
                     if seq is None:  # spool full or failing: the locked path counts the refusal
                         return self._enqueue_locked(conf, key, handler, handler_conf, value)
                     value = (seq, value)
