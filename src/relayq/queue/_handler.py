@@ -40,10 +40,12 @@ async def attempt(handler: Handler, coroutine: bool, handler_conf: Any, batch: l
                   timeout: float | None, threads: HandlerThreads) -> Outcome:
     """Call ``handler(handler_conf, batch)`` once. Never raises (but cancellation): a plain
     function runs in a worker thread (with the caller's context variables), never on the loop;
+    a coroutine runs in the caller's task (the queue's consumer), cancelled at ``timeout``:
     an attempt longer than ``timeout`` seconds fails."""
     try:
-        if coroutine:
-            result = await asyncio.wait_for(handler(handler_conf, batch), timeout)
+        if coroutine:  # in the consumer's own task: no task per attempt, no extra loop turns
+            async with asyncio.timeout(timeout):
+                result = await handler(handler_conf, batch)
         else:
             ctx = contextvars.copy_context()
             result = await asyncio.wait_for(
