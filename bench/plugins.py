@@ -7,7 +7,13 @@
    ``log`` plus their batch handlers' share (encoding, sending to a null HTTP sender or a
    bound UDP socket), configured as bench/gateway.py configures them (batches of 500), against
    ``serialize(ctx)`` in the same run. This is what a gateway pays per request.
-3. End to end: entries/s from the first ``log`` call until the queue is drained into a real
+3. Request-path floor: what any design must still do per request with these five plugins, even
+   one that moved every encoder out of the process: OpenTelemetry's and Zipkin's ``access`` and
+   ``header_filter`` (extract the incoming trace context, new ids, sampling, inject the outgoing
+   headers) plus one ``enqueue`` per plugin handing the request over; and ``serialize(ctx)``, the
+   least an in-process http-log must build. Set against the gateway's own cost per request
+   (bench/gateway.py), this bounds how little the plugins can cost.
+4. End to end: entries/s from the first ``log`` call until the queue is drained into a real
    receiver: http-log into bench/_receiver.py (its own process, decodes every JSON body), statsd
    and datadog into Etsy's StatsD daemon over UDP (counted with its management interface).
 
@@ -214,6 +220,55 @@ async def whole_request(rounds: int, n: int, sink_port: int) -> None:
     print(f"  {'five plugins':<20} {total / 1000:8.2f} us   {total / baseline:5.2f}x serialize()")
 
 
+async def request_path_floor(rounds: int, n: int) -> None:
+    rt = relayq.Runtime()
+    queue = {"max_batch_size": 500, "max_coalescing_delay": 1, "max_entries": 1_000_000}
+    otel = OpenTelemetryPlugin({"traces_endpoint": "http://127.0.0.1:9/v1/traces",
+                                "queue": queue}, plugin_id="f-otel", runtime=rt,
+                               sender=NullSender())
+    zipkin = ZipkinPlugin({"http_endpoint": "http://127.0.0.1:9/api/v2/spans",
+                           "sample_ratio": 1, "queue": queue}, plugin_id="f-zipkin",
+                          runtime=rt, sender=NullSender())
+    confs = [relayq.QueueConfig(name=f"floor-{i}", max_batch_size=500, max_coalescing_delay=1,
+                                max_entries=1_000_000) for i in range(5)]
+
+    async def discard(conf: Any, entries: list[Any]) -> bool:
+        return True
+
+    def propagation(ctx: RequestContext) -> None:
+        otel.access(ctx)
+        zipkin.access(ctx)
+        otel.header_filter(ctx)
+        zipkin.header_filter(ctx)
+
+    def hand_over(ctx: RequestContext) -> None:
+        for conf in confs:
+            rt.enqueue(conf, discard, None, ctx)
+
+    parts: dict[str, Callable[[RequestContext], Any]] = {
+        "trace propagation (otel + zipkin access, header_filter)": propagation,
+        "hand-over (5 enqueues of the request)": hand_over,
+        "serialize() (http-log's entry)": serialize,
+    }
+    results: dict[str, list[float]] = {name: [] for name in parts}
+    for _ in range(rounds):
+        for name, call in parts.items():
+            contexts = [gateway_context(i) for i in range(n)]
+            start = time.process_time_ns()
+            for ctx in contexts:
+                call(ctx)
+            results[name].append((time.process_time_ns() - start) / n)
+            await rt.drain(timeout=60)
+    await rt.aclose(timeout=30)
+    print("request-path floor, CPU per request (median of rounds)")
+    total = 0.0
+    for name, samples in results.items():
+        ns = statistics.median(samples)
+        total += ns
+        print(f"  {name:<56} {ns / 1000:6.2f} us")
+    print(f"  {'floor with every encoder but serialize() elsewhere':<56} {total / 1000:6.2f} us")
+
+
 # ------------------------------------------------------------------------------ end to end
 
 
@@ -376,6 +431,7 @@ async def main() -> None:
         sink.bind(("127.0.0.1", 0))
         await log_phase(args.rounds, args.n, sink.getsockname()[1])
         await whole_request(args.rounds, args.n, sink.getsockname()[1])
+    await request_path_floor(args.rounds, args.n)
     await end_to_end(args.e2e)
 
 
