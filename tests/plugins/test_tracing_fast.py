@@ -1,7 +1,9 @@
 """The tracing plugins' per-request shortcuts give the results of the plain constructions:
 ``with_ids`` is ``dataclasses.replace``, the OTLP batch encoder's shared attributes encode the
-same bytes as attributes built one by one, and ``extract``'s header-name pre-check never hides
-a context an extractor would find."""
+same bytes as attributes built one by one, ``extract``'s header-name pre-check never hides
+a context an extractor would find, injectors writing into one dict give what merging each
+format's headers gives, and a ``Propagator`` (its plans made once) does what ``extract`` and
+``propagate`` do."""
 
 from __future__ import annotations
 
@@ -14,12 +16,19 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from relayq.plugins._propagation import (
     EXTRACT_FORMATS,
+    FORMATS,
+    INJECT_FORMATS,
+    PropagationConfig,
+    Propagator,
     TraceContext,
     extract,
+    inject,
+    propagate,
     with_ids,
 )
 from relayq.plugins.opentelemetry._encode import encode_traces, fill_span
 from relayq.plugins.opentelemetry._spans import SpanData
+from relayq.serializer import RequestContext
 
 ids = st.one_of(st.none(), st.binary(min_size=1, max_size=16))
 
@@ -115,3 +124,57 @@ def test_extract_finds_what_each_extractor_finds(headers: dict[str, str],
             expected = (ctx, name)
             break
     assert (found, fmt) == expected
+
+
+formats_to_inject = st.lists(st.sampled_from((*INJECT_FORMATS, "unknown")), max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ctx=contexts, formats=formats_to_inject,
+       extracted_from=st.one_of(st.none(), st.sampled_from(FORMATS)),
+       default_format=st.sampled_from(FORMATS))
+def test_inject_merges_each_formats_headers_in_order(
+        ctx: TraceContext, formats: list[str], extracted_from: str | None,
+        default_format: str) -> None:
+    result = inject(ctx, formats, extracted_from=extracted_from, default_format=default_format)
+    headers: dict[str, str] = {}
+    trace_ids: dict[str, str] = {}
+    errors: list[str] = []
+    for fmt in formats:  # one format at a time, merged as dict.update does
+        one = inject(ctx, [fmt], extracted_from=extracted_from, default_format=default_format)
+        headers.update(one.headers)
+        trace_ids.update(one.trace_ids)
+        errors.extend(one.errors)
+    assert list(result.headers.items()) == list(headers.items())
+    assert list(result.trace_ids.items()) == list(trace_ids.items())
+    assert result.errors == errors
+
+
+propagation_configs = st.builds(
+    PropagationConfig,
+    extract=st.one_of(st.none(), st.lists(st.sampled_from((*EXTRACT_FORMATS, "unknown")),
+                                          max_size=4).map(tuple)),
+    inject=st.one_of(st.none(), formats_to_inject.map(tuple)),
+    clear=st.lists(header_names, max_size=2).map(tuple),
+    default_format=st.sampled_from(FORMATS),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(conf=propagation_configs, headers=st.dictionaries(header_names, header_values, max_size=4),
+       ctx=contexts, existing=st.dictionaries(header_names, st.just("old"), max_size=3))
+def test_propagator_does_what_extract_and_propagate_do(
+        conf: PropagationConfig, headers: dict[str, str], ctx: TraceContext,
+        existing: dict[str, str]) -> None:
+    propagator = Propagator(conf)
+    assert propagator.extract(headers) == extract(headers, conf.extract)
+    _, extracted_from = extract(headers, conf.extract)
+    planned = RequestContext(upstream_headers=dict(existing), upstream_headers_cleared=["host"],
+                             trace_id={"w3c": "old"})
+    plain = RequestContext(upstream_headers=dict(existing), upstream_headers_cleared=["host"],
+                           trace_id={"w3c": "old"})
+    propagator.propagate(planned, dataclasses.replace(ctx), extracted_from)
+    propagate(plain, conf, dataclasses.replace(ctx), extracted_from)
+    assert list(planned.upstream_headers.items()) == list(plain.upstream_headers.items())
+    assert planned.upstream_headers_cleared == plain.upstream_headers_cleared
+    assert list(planned.trace_id.items()) == list(plain.trace_id.items())

@@ -243,7 +243,11 @@ def new_trace_id(size: int = TRACE_ID_SIZE) -> bytes:
 
 def new_span_id() -> bytes:
     """A random non-zero 8-byte span id."""
-    return new_trace_id(SPAN_ID_SIZE)
+    # new_trace_id(SPAN_ID_SIZE) spelled out: two or three of these run for every request.
+    while True:
+        value = random.getrandbits(64)
+        if value:
+            return value.to_bytes(SPAN_ID_SIZE, "big")
 
 
 def resize_id(value: bytes, size: int) -> bytes:
@@ -698,7 +702,11 @@ def extract(
     """
     if not formats:
         return TraceContext(), None
-    all_names, steps = _plan(formats)
+    return _extract_planned(_plan(formats), headers)
+
+
+def _extract_planned(plan: _Plan, headers: Mapping[str, Any]) -> tuple[TraceContext, str | None]:
+    all_names, steps = plan
     if all_names.isdisjoint(headers):
         return TraceContext(), None
     h = _Headers(headers)
@@ -727,23 +735,19 @@ def _normalise(ctx: TraceContext) -> TraceContext:
 
 
 # --------------------------------------------------------------------------------------------
-# injectors: each returns the headers to set
+# injectors: each writes its headers into ``out`` (the result of ``inject`` or, for a
+# ``Propagator``, the request's upstream headers: no per-format dict to build and merge)
 
 
-def _sampled_01(ctx: TraceContext) -> str:
-    return "01" if ctx.should_sample else "00"
-
-
-def _headers_w3c(ctx: TraceContext) -> dict[str, str]:
+def _headers_w3c(ctx: TraceContext, out: dict[str, str]) -> None:
     assert ctx.trace_id is not None and ctx.span_id is not None
-    out = {"traceparent": f"00-{ctx.trace_id.hex()}-{ctx.span_id.hex()}-{_sampled_01(ctx)}"}
+    sampled = "01" if ctx.should_sample else "00"
+    out["traceparent"] = f"00-{ctx.trace_id.hex()}-{ctx.span_id.hex()}-{sampled}"
     if ctx.tracestate:
         out["tracestate"] = ctx.tracestate
-    return out
 
 
-def _headers_b3(ctx: TraceContext) -> dict[str, str]:
-    out: dict[str, str] = {}
+def _headers_b3(ctx: TraceContext, out: dict[str, str]) -> None:
     if ctx.trace_id is not None and ctx.span_id is not None:
         out["x-b3-traceid"] = ctx.trace_id.hex()
         out["x-b3-spanid"] = ctx.span_id.hex()
@@ -753,10 +757,9 @@ def _headers_b3(ctx: TraceContext) -> dict[str, str]:
         out["x-b3-flags"] = ctx.flags
     else:
         out["x-b3-sampled"] = "1" if ctx.should_sample else "0"
-    return out
 
 
-def _headers_b3_single(ctx: TraceContext) -> dict[str, str]:
+def _headers_b3_single(ctx: TraceContext, out: dict[str, str]) -> None:
     sampled: str | None = None
     if ctx.flags == "1":
         sampled = "d"
@@ -765,70 +768,68 @@ def _headers_b3_single(ctx: TraceContext) -> dict[str, str]:
     elif ctx.should_sample is False:
         sampled = "0"
     if ctx.trace_id is None or ctx.span_id is None:
-        return {"b3": sampled or "0"}
+        out["b3"] = sampled or "0"
+        return
     value = f"{ctx.trace_id.hex()}-{ctx.span_id.hex()}"
     if sampled:
         value += "-" + sampled
     if ctx.parent_id is not None:
         value += "-" + ctx.parent_id.hex()
-    return {"b3": value}
+    out["b3"] = value
 
 
-def _baggage_headers(prefix: str, baggage: Mapping[str, str] | None) -> dict[str, str]:
-    if not baggage:
-        return {}
-    return {prefix + k: quote(v, safe="") for k, v in baggage.items()}
+def _baggage_headers(prefix: str, baggage: Mapping[str, str] | None, out: dict[str, str]) -> None:
+    if baggage:
+        for k, v in baggage.items():
+            out[prefix + k] = quote(v, safe="")
 
 
-def _headers_jaeger(ctx: TraceContext) -> dict[str, str]:
+def _headers_jaeger(ctx: TraceContext, out: dict[str, str]) -> None:
     assert ctx.trace_id is not None and ctx.span_id is not None
     parent = ctx.parent_id.hex() if ctx.parent_id is not None else "0"
-    value = f"{ctx.trace_id.hex()}:{ctx.span_id.hex()}:{parent}:{_sampled_01(ctx)}"
-    return {"uber-trace-id": value, **_baggage_headers("uberctx-", ctx.baggage)}
+    sampled = "01" if ctx.should_sample else "00"
+    out["uber-trace-id"] = f"{ctx.trace_id.hex()}:{ctx.span_id.hex()}:{parent}:{sampled}"
+    _baggage_headers("uberctx-", ctx.baggage, out)
 
 
-def _headers_ot(ctx: TraceContext) -> dict[str, str]:
+def _headers_ot(ctx: TraceContext, out: dict[str, str]) -> None:
     assert ctx.trace_id is not None and ctx.span_id is not None
-    out = {"ot-tracer-traceid": ctx.trace_id.hex(), "ot-tracer-spanid": ctx.span_id.hex()}
+    out["ot-tracer-traceid"] = ctx.trace_id.hex()
+    out["ot-tracer-spanid"] = ctx.span_id.hex()
     if ctx.should_sample is not None:
         out["ot-tracer-sampled"] = "1" if ctx.should_sample else "0"
-    out.update(_baggage_headers("ot-baggage-", ctx.baggage))
-    return out
+    _baggage_headers("ot-baggage-", ctx.baggage, out)
 
 
-def _headers_datadog(ctx: TraceContext) -> dict[str, str]:
-    out: dict[str, str] = {}
+def _headers_datadog(ctx: TraceContext, out: dict[str, str]) -> None:
     if ctx.trace_id is not None:
         out["x-datadog-trace-id"] = str(int.from_bytes(ctx.trace_id, "big"))
     if ctx.span_id is not None:
         out["x-datadog-parent-id"] = str(int.from_bytes(ctx.span_id, "big"))
     if ctx.should_sample is not None:
         out["x-datadog-sampling-priority"] = "1" if ctx.should_sample else "0"
-    return out
 
 
-def _headers_aws(ctx: TraceContext) -> dict[str, str]:
+def _headers_aws(ctx: TraceContext, out: dict[str, str]) -> None:
     assert ctx.trace_id is not None and ctx.span_id is not None
     trace = ctx.trace_id.hex()
     sampled = "1" if ctx.should_sample else "0"
     value = f"Root=1-{trace[:8]}-{trace[8:]};Parent={ctx.span_id.hex()};Sampled={sampled}"
-    return {"x-amzn-trace-id": value}
+    out["x-amzn-trace-id"] = value
 
 
-def _headers_gcp(ctx: TraceContext) -> dict[str, str]:
+def _headers_gcp(ctx: TraceContext, out: dict[str, str]) -> None:
     assert ctx.trace_id is not None and ctx.span_id is not None
     span = int.from_bytes(ctx.span_id, "big")
     sampled = "1" if ctx.should_sample else "0"
-    return {"x-cloud-trace-context": f"{ctx.trace_id.hex()}/{span};o={sampled}"}
+    out["x-cloud-trace-context"] = f"{ctx.trace_id.hex()}/{span};o={sampled}"
 
 
-def _headers_instana(ctx: TraceContext) -> dict[str, str]:
+def _headers_instana(ctx: TraceContext, out: dict[str, str]) -> None:
     assert ctx.trace_id is not None and ctx.span_id is not None
-    return {
-        "x-instana-t": ctx.trace_id.hex(),
-        "x-instana-s": ctx.span_id.hex(),
-        "x-instana-l": "0" if ctx.should_sample is False else "1",
-    }
+    out["x-instana-t"] = ctx.trace_id.hex()
+    out["x-instana-s"] = ctx.span_id.hex()
+    out["x-instana-l"] = "0" if ctx.should_sample is False else "1"
 
 
 def _hex_id(trace_id: bytes | None) -> str:
@@ -843,7 +844,7 @@ def _decimal_id(trace_id: bytes | None) -> str:
 class _Injector:
     sizes: tuple[int, ...]  # allowed trace id sizes, the first is the default
     requires_ids: bool
-    headers: Callable[[TraceContext], dict[str, str]]
+    headers: Callable[[TraceContext, dict[str, str]], None]
     trace_id_key: str
     format_trace_id: Callable[[bytes | None], str] = _hex_id
 
@@ -861,6 +862,15 @@ _INJECTORS: dict[str, _Injector] = {
 }
 
 
+# One planned inject step: a format and its injector; ``None`` for ``preserve`` (resolved per
+# request) and for unknown formats (reported per request, as Kong does).
+_InjectStep = tuple[str, _Injector | None]
+
+
+def _inject_plan(formats: Sequence[str] | None) -> tuple[_InjectStep, ...]:
+    return tuple((fmt, _INJECTORS.get(fmt)) for fmt in formats or ())
+
+
 def inject(
     ctx: TraceContext,
     formats: Sequence[str] | None,
@@ -874,33 +884,51 @@ def inject(
     header), else ``default_format``. A format that needs ids the context lacks is reported in
     ``errors`` with Kong's text and skipped.
     """
-    result = Injection()
-    if not formats:
-        return result
-    for fmt in formats:
-        if fmt == PRESERVE:
-            fmt = extracted_from or default_format or W3C
-            if fmt == B3 and ctx.single_header:
-                fmt = B3_SINGLE
-        injector = _INJECTORS.get(fmt)
-        if injector is None:
-            result.errors.append(f"unknown propagation format: {fmt}")
-            continue
-        if injector.requires_ids:
-            missing = [
-                name
-                for name, value in (("trace_id", ctx.trace_id), ("span_id", ctx.span_id))
-                if value is None
-            ]
-            if missing:
-                result.errors.append(
-                    f"{fmt} injector context is invalid: field {missing[0]} not found in context"
-                )
-                continue
-        sized = _sized_for(ctx, injector.sizes)
-        result.headers.update(injector.headers(sized))
-        result.trace_ids[injector.trace_id_key] = injector.format_trace_id(sized.trace_id)
+    result = Injection({}, {}, [])
+    if formats:
+        _inject_into(
+            result.headers,
+            result.trace_ids,
+            result.errors,
+            ctx,
+            _inject_plan(formats),
+            extracted_from,
+            default_format,
+        )
     return result
+
+
+def _inject_into(
+    headers: dict[str, str],
+    trace_ids: dict[str, str],
+    errors: list[str],
+    ctx: TraceContext,
+    steps: tuple[_InjectStep, ...],
+    extracted_from: str | None,
+    default_format: str,
+) -> None:
+    """``inject``'s work, writing into the given mappings: the headers each step makes replace
+    earlier ones of the same name, in step order, as ``dict.update`` of ``inject``'s result
+    would."""
+    for fmt, injector in steps:
+        if injector is None:
+            if fmt == PRESERVE:
+                fmt = extracted_from or default_format or W3C
+                if fmt == B3 and ctx.single_header:
+                    fmt = B3_SINGLE
+                injector = _INJECTORS.get(fmt)
+            if injector is None:
+                errors.append(f"unknown propagation format: {fmt}")
+                continue
+        if injector.requires_ids and (ctx.trace_id is None or ctx.span_id is None):
+            missing = "trace_id" if ctx.trace_id is None else "span_id"
+            errors.append(
+                f"{fmt} injector context is invalid: field {missing} not found in context"
+            )
+            continue
+        sized = _sized_for(ctx, injector.sizes)
+        injector.headers(sized, headers)
+        trace_ids[injector.trace_id_key] = injector.format_trace_id(sized.trace_id)
 
 
 def _sized_for(ctx: TraceContext, sizes: tuple[int, ...]) -> TraceContext:
@@ -933,19 +961,21 @@ def with_ids(
     trace_id_original_size: int | None,
 ) -> TraceContext:
     """A copy of ``ctx`` with new ids and sampling decision (``dataclasses.replace`` spelled
-    out: this runs for every traced request, and ``replace`` costs several times more)."""
+    out: ``replace`` costs several times more)."""
+    # Positional, in field order: a class called with keywords costs twice as much (the
+    # keywords go through a dict). test_tracing_fast checks this against ``replace``.
     return TraceContext(
-        trace_id=trace_id,
-        span_id=span_id,
-        parent_id=parent_id,
-        should_sample=should_sample,
-        reuse_span_id=ctx.reuse_span_id,
-        flags=ctx.flags,
-        w3c_flags=ctx.w3c_flags,
-        single_header=ctx.single_header,
-        baggage=ctx.baggage,
-        tracestate=ctx.tracestate,
-        trace_id_original_size=trace_id_original_size,
+        trace_id,
+        span_id,
+        parent_id,
+        should_sample,
+        ctx.reuse_span_id,
+        ctx.flags,
+        ctx.w3c_flags,
+        ctx.single_header,
+        ctx.baggage,
+        ctx.tracestate,
+        trace_id_original_size,
     )
 
 
@@ -965,10 +995,7 @@ def propagate(
     them when proxying) and merges the per-format trace ids into ``request.trace_id`` (the log
     serializer's ``trace_id`` field). Injection errors are logged, never raised.
     """
-    for name in conf.clear:
-        request.upstream_headers.pop(name, None)
-        if name not in request.upstream_headers_cleared:
-            request.upstream_headers_cleared.append(name)
+    _clear(request, conf.clear)
     injection = inject(
         inject_ctx,
         conf.inject,
@@ -980,3 +1007,52 @@ def propagate(
     if injection.errors:
         log.error("%s", ", ".join(injection.errors))
     return injection
+
+
+def _clear(request: RequestContext, names: tuple[str, ...]) -> None:
+    for name in names:
+        request.upstream_headers.pop(name, None)
+        if name not in request.upstream_headers_cleared:
+            request.upstream_headers_cleared.append(name)
+
+
+class Propagator:
+    """``extract`` and ``propagate`` for one plugin's ``PropagationConfig``, with what depends
+    only on the config (the extract plan, each inject format's injector) looked up once: the
+    plugins build one in ``__init__`` and use it on every request."""
+
+    __slots__ = ("_extract_plan", "_inject_steps", "config")
+
+    def __init__(self, config: PropagationConfig) -> None:
+        self.config = config
+        self._extract_plan: _Plan | None = _plan(config.extract) if config.extract else None
+        self._inject_steps = _inject_plan(config.inject)
+
+    def extract(self, headers: Mapping[str, Any]) -> tuple[TraceContext, str | None]:
+        """``extract(headers, config.extract)``."""
+        plan = self._extract_plan
+        # Most requests carry no trace header: answer them without another call.
+        if plan is None or plan[0].isdisjoint(headers):
+            return TraceContext(), None
+        return _extract_planned(plan, headers)
+
+    def propagate(
+        self, request: RequestContext, inject_ctx: TraceContext, extracted_from: str | None
+    ) -> None:
+        """``propagate(request, config, inject_ctx, extracted_from)`` without building the
+        ``Injection`` it returns: the headers and trace ids go straight into ``request``."""
+        config = self.config
+        if config.clear:
+            _clear(request, config.clear)
+        errors: list[str] = []
+        _inject_into(
+            request.upstream_headers,
+            request.trace_id,
+            errors,
+            inject_ctx,
+            self._inject_steps,
+            extracted_from,
+            config.default_format,
+        )
+        if errors:
+            log.error("%s", ", ".join(errors))

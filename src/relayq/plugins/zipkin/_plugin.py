@@ -24,14 +24,12 @@ from relayq.plugins._enqueue import QueueBinding
 from relayq.plugins._http import DEFAULT_TIMEOUT, HttpSender, shared_sender
 from relayq.plugins._propagation import (
     PropagationConfig,
+    Propagator,
     TraceContext,
-    extract,
     new_span_id,
     new_trace_id,
     node_id,
-    propagate,
     propagation_config,
-    with_ids,
 )
 from relayq.plugins.zipkin._export import ZipkinConf, send_spans
 from relayq.plugins.zipkin._schema import SCHEMA
@@ -48,6 +46,9 @@ from relayq.serializer import RequestContext
 _NUMBER = (int, float)  # isinstance with a tuple constant: `int | float` builds a union each call
 
 log = logging.getLogger("relayq.plugins.zipkin")
+
+# header_filter's annotations, all at the moment the response headers go out
+_HEADER_FILTER_ANNOTATIONS = ("khs", "khf", "kbs")
 
 
 @dataclass(slots=True)
@@ -98,6 +99,7 @@ class ZipkinPlugin(Plugin):
         super().__init__(config, plugin_id=plugin_id, instance_name=instance_name, runtime=runtime)
         conf = self.config
         self.propagation: PropagationConfig = propagation_config(conf)
+        self._propagator = Propagator(self.propagation)
         self.sender: HttpSender = sender if sender is not None else shared_sender()
         timeout_ms = max(conf["connect_timeout"], conf["send_timeout"], conf["read_timeout"])
         self.export = ZipkinConf(
@@ -118,7 +120,6 @@ class ZipkinPlugin(Plugin):
         self._local_service_name: str = conf["local_service_name"]
         self._default_service_name: str | None = conf["default_service_name"]
 
-
     @property
     def queue(self) -> QueueConfig:
         """The queue's parameters (named after the plugin id)."""
@@ -128,7 +129,7 @@ class ZipkinPlugin(Plugin):
 
     def _initialize(self, ctx: RequestContext, extracted: TraceContext | None) -> ZipkinRequest:
         if extracted is None:
-            extracted, _ = extract(ctx.headers, self.propagation.extract)
+            extracted, _ = self._propagator.extract(ctx.headers)
         trace_id = extracted.trace_id
         if trace_id is not None and extracted.trace_id_original_size == 8:
             trace_id = trace_id[-8:]
@@ -147,23 +148,36 @@ class ZipkinPlugin(Plugin):
         if self._method_path:
             name = f"{ctx.method} {ctx.path}"
         start = _us(ctx.timestamps.get("request_start")) or int(ctx.started_at * 1_000_000)
-        span = ZipkinSpan(
-            kind=SERVER,
-            name=name,
-            trace_id=trace_id,
-            span_id=span_id or new_span_id(),
-            parent_id=parent_id,
-            timestamp=start,
-            should_sample=should_sample,
-            ip=ctx.client_ip or None,
-            port=ctx.client_port or None,
-        )
-        span.set_tag("lc", "kong")
-        span.set_tag("http.method", ctx.method)
-        span.set_tag("http.host", ctx.host)
-        span.set_tag("http.path", ctx.path)
+        # The first tags in one literal rather than a set_tag call each. set_tag skips a None
+        # value (Kong's set_tag(key, nil)), so a field the host left None is dropped here too.
+        method, host, path = ctx.method, ctx.host, ctx.path
+        tags: dict[str, Any] = {
+            "lc": "kong",
+            "http.method": method,
+            "http.host": host,
+            "http.path": path,
+        }
+        if method is None or host is None or path is None:
+            tags = {key: value for key, value in tags.items() if value is not None}
         if ctx.http_version:
-            span.set_tag("http.protocol", f"HTTP/{ctx.http_version}")
+            tags["http.protocol"] = f"HTTP/{ctx.http_version}"
+        # Positional, in field order (kind, name, trace_id, span_id, parent_id, timestamp,
+        # should_sample, duration, tags, annotations, ip, port): a class called with keywords
+        # costs twice as much, and this runs for every request.
+        span = ZipkinSpan(
+            SERVER,
+            name,
+            trace_id,
+            span_id or new_span_id(),
+            parent_id,
+            start,
+            should_sample,
+            None,
+            tags,
+            [],
+            ctx.client_ip or None,
+            ctx.client_port or None,
+        )
         for tag_name, tag_value in self._static_tags:
             span.set_tag(tag_name, tag_value)
         if self._tags_header in ctx.headers:
@@ -222,19 +236,21 @@ class ZipkinPlugin(Plugin):
 
     def access(self, ctx: RequestContext) -> None:
         """Start the proxy span and propagate its context upstream."""
-        extracted, found_in = extract(ctx.headers, self.propagation.extract)
-        state = self._state(ctx, extracted)
+        extracted, found_in = self._propagator.extract(ctx.headers)
+        state = ctx.plugin_data.get(self.id)  # _state(ctx, extracted), one call fewer
+        if not isinstance(state, ZipkinRequest):
+            state = self._initialize(ctx, extracted)
         start = _us(ctx.timestamps.get("access_start")) or _now_us()
         proxy = self._proxy_span(state, start)
-        outgoing = with_ids(
-            extracted,
-            trace_id=proxy.trace_id,
-            span_id=proxy.span_id,
-            parent_id=proxy.parent_id,
-            should_sample=proxy.should_sample,
-            trace_id_original_size=len(proxy.trace_id),
-        )
-        propagate(ctx, self.propagation, outgoing, found_in)
+        # The outgoing context is the incoming one with the proxy span's ids and decision.
+        # ``extract`` built ``extracted`` for this call alone and the spans keep none of it, so
+        # it is updated in place instead of copied with ``with_ids``.
+        extracted.trace_id = proxy.trace_id
+        extracted.span_id = proxy.span_id
+        extracted.parent_id = proxy.parent_id
+        extracted.should_sample = proxy.should_sample
+        extracted.trace_id_original_size = len(proxy.trace_id)
+        self._propagator.propagate(ctx, extracted, found_in)
 
     def header_filter(self, ctx: RequestContext) -> None:
         """Annotate the header filter (``khs``/``khf``/``kbs``) and add the trace-id header."""
@@ -242,11 +258,9 @@ class ZipkinPlugin(Plugin):
         at = _us(ctx.timestamps.get("response_start")) or _now_us()
         proxy = self._proxy_span(state, at)
         if self._annotations:
-            proxy.annotate("khs", at)
             # The host sends the body right after the headers: the header filter ends and
             # the body filter starts at the same moment.
-            proxy.annotate("khf", at)
-            proxy.annotate("kbs", at)
+            proxy.annotate_all(_HEADER_FILTER_ANNOTATIONS, at)
         state.header_filter_finished = True
         header = self._traceid_header
         if header:
