@@ -1,9 +1,11 @@
 """OTLP/HTTP protobuf bodies from finished spans and log records (pure).
 
-The messages come from ``opentelemetry-proto``. Each body holds exactly one ``resource_spans``
-(or ``resource_logs``) entry whose resource attributes are the defaults (``service.name=kong``,
-``service.instance.id``, ``service.version``) merged with the user's, and one scope,
-``kong-internal`` 0.1.0, as Kong sends them. Attribute values follow Kong's
+Trace bodies are written directly in the protobuf wire format by ``_wire`` (the hot path:
+every batch of spans); ``encode_traces_reference`` builds the same body from the
+``opentelemetry-proto`` messages, as log bodies are built. Each body holds exactly one
+``resource_spans`` (or ``resource_logs``) entry whose resource attributes are the defaults
+(``service.name=kong``, ``service.instance.id``, ``service.version``) merged with the user's,
+and one scope, ``kong-internal`` 0.1.0, as Kong sends them. Attribute values follow Kong's
 ``transform_value``: strings, booleans, numbers as doubles (except ``http.status_code``,
 always an integer), lists as arrays and mappings as key/value lists.
 """
@@ -26,25 +28,16 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from relayq.plugins._propagation import SPAN_ID_SIZE, TRACE_ID_SIZE, node_id, resize_id
+from relayq.plugins.opentelemetry import _wire
 from relayq.plugins.opentelemetry._logcapture import LogData
 from relayq.plugins.opentelemetry._spans import SpanData
-
-_NUMBER = (int, float)  # isinstance with a tuple constant: `int | float` builds a union each call
+from relayq.plugins.opentelemetry._wire import INT_KEYS as _INT_KEYS
+from relayq.plugins.opentelemetry._wire import NUMBER as _NUMBER
+from relayq.plugins.opentelemetry._wire import text as _text
 
 SCOPE_NAME = "kong-internal"
 SCOPE_VERSION = "0.1.0"
-_INT_KEYS = frozenset({"http.status_code"})
-
-
-def _text(value: str) -> str:
-    """``value`` if protobuf can encode it; lone surrogates (``surrogateescape``) repaired."""
-    if value.isascii():
-        return value
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return value
+_SCOPE_BODY = _wire.scope(SCOPE_NAME, SCOPE_VERSION)
 
 
 def set_value(target: AnyValue, value: Any, key: str | None = None) -> None:
@@ -98,11 +91,14 @@ def add_shared_attributes(
 ) -> None:
     """``add_attributes`` for a batch: a scalar attribute seen before in the batch is copied
     from the KeyValue built the first time (``cache``), which is cheaper than building it again;
-    most attributes repeat from span to span (method, host, route, peer, try count)."""
+    most attributes repeat from span to span (method, host, route, peer, try count). Float
+    zeros are not cached: ``0.0 == -0.0`` (one key) but their doubles differ."""
     kvs: list[KeyValue] = []
     for key, value in attributes.items():
         kind = type(value)
-        if type(key) is str and (kind is str or kind is int or kind is float or kind is bool):
+        if type(key) is str and (
+            kind is str or kind is int or kind is bool or (kind is float and value != 0.0)
+        ):
             cache_key = (key, kind, value)
             kv = cache.get(cache_key)
             if kv is None:
@@ -188,7 +184,20 @@ def span_message(span: SpanData) -> Span:
 def encode_traces(
     spans: Sequence[SpanData], resource_attributes: Mapping[str, Any] | None
 ) -> bytes:
-    """An ``ExportTraceServiceRequest`` body for one batch of spans."""
+    """An ``ExportTraceServiceRequest`` body for one batch of spans, written directly in the
+    protobuf wire format (``_wire``): the bytes ``encode_traces_reference`` serializes from
+    ``opentelemetry-proto`` messages, in less than half its time."""
+    merged: dict[Any, Any] = default_resource_attributes()
+    if resource_attributes:
+        merged.update(resource_attributes)
+    return _wire.trace_request(spans, merged, _SCOPE_BODY)
+
+
+def encode_traces_reference(
+    spans: Sequence[SpanData], resource_attributes: Mapping[str, Any] | None
+) -> bytes:
+    """``encode_traces`` built from ``opentelemetry-proto`` messages (``fill_span``): the
+    definition the wire encoder is tested against."""
     request = ExportTraceServiceRequest()
     resource_spans = request.resource_spans.add()
     resource_spans.resource.CopyFrom(resource(resource_attributes))
