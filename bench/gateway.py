@@ -7,7 +7,9 @@ datadog, opentelemetry and zipkin all enabled globally (sending to a local HTTP 
 sink, with batching as a production setup would use). The plugin run ends with SIGTERM and
 checks the gateway exits 0, i.e. every queued entry was delivered.
 
-Usage: .venv/bin/python bench/gateway.py [--duration 4] [--connections 16] [--threads 1]
+Usage: .venv/bin/python bench/gateway.py [--duration 4] [--connections 16] [--threads 1] [--each]
+
+``--each`` also runs the gateway with each plugin alone, to show what each one costs.
 wrk is the Debian package ``wrk``; it is installed with apt-get when missing and possible.
 """
 
@@ -115,7 +117,12 @@ def run_wrk(wrk: str, url: str, label: str, args: argparse.Namespace) -> Result:
     return result
 
 
-def config(upstream: int, sink: int, udp: int, plugins: bool) -> str:
+PLUGINS = ("http-log", "statsd", "datadog", "opentelemetry", "zipkin")
+
+
+def config(upstream: int, sink: int, udp: int, plugins: bool,
+           only: str | None = None) -> str:
+    """The bench's kong.yml: no plugins, all five, or ``only`` one of them."""
     text = textwrap.dedent(f"""\
         _format_version: "3.0"
         services:
@@ -128,7 +135,7 @@ def config(upstream: int, sink: int, udp: int, plugins: bool) -> str:
     if not plugins:
         return text
     queue = "queue: {max_batch_size: 500, max_coalescing_delay: 1}"
-    return text + textwrap.dedent(f"""\
+    text += textwrap.dedent(f"""\
         plugins:
           - name: http-log
             config: {{http_endpoint: "http://127.0.0.1:{sink}/logs", {queue}}}
@@ -142,6 +149,12 @@ def config(upstream: int, sink: int, udp: int, plugins: bool) -> str:
             config: {{http_endpoint: "http://127.0.0.1:{sink}/api/v2/spans", sample_ratio: 1,
                      {queue}}}
         """)
+    if only is None:
+        return text
+    head, _, listed = text.partition("plugins:\n")
+    entries = listed.split("  - name: ")[1:]
+    return head + "plugins:\n" + "".join(
+        "  - name: " + entry for entry in entries if entry.split("\n", 1)[0].strip() == only)
 
 
 class Gateway:
@@ -187,6 +200,8 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=4, help="seconds per measurement")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--each", action="store_true",
+                        help="also measure each plugin alone (adds five runs)")
     args = parser.parse_args()
     wrk = ensure_wrk()
     workdir = Path(tempfile.mkdtemp(prefix="relayq-bench-"))
@@ -209,6 +224,14 @@ def main() -> int:
                            "gateway, five plugins", args)
         finally:
             flushed = gw.stop() == 0
+        alone: list[Result] = []
+        for name in PLUGINS if args.each else ():
+            gw = Gateway(config(up_port, up_port, udp, plugins=True, only=name), workdir)
+            try:
+                alone.append(run_wrk(wrk, f"http://127.0.0.1:{gw.port}/", f"gateway, {name} alone",
+                                     args))
+            finally:
+                flushed = gw.stop() == 0 and flushed
     finally:
         upstream.terminate()
         upstream.wait(10)
@@ -219,8 +242,12 @@ def main() -> int:
           f"(plugins cost {cost:.1%}), p99 {full.p99_ms / bare.p99_ms:5.2f}x")
     print(f"  gateway (no plugins) / direct  throughput {bare.rps / direct.rps:6.2f}x, "
           f"p99 {bare.p99_ms / direct.p99_ms:5.2f}x")
+    for result in alone:
+        print(f"  {result.label.removeprefix('gateway, '):<30} throughput "
+              f"{result.rps / bare.rps:6.2f}x (costs {1 - result.rps / bare.rps:.1%})")
     print(f"  every queued entry delivered at shutdown: {'yes' if flushed else 'NO'}")
-    return 0 if flushed and not (direct.errors or bare.errors or full.errors) else 1
+    failed = any(r.errors for r in (direct, bare, full, *alone))
+    return 0 if flushed and not failed else 1
 
 
 if __name__ == "__main__":
