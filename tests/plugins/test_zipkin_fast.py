@@ -233,8 +233,32 @@ def make_case(rng: random.Random) -> tuple[dict[str, Any], dict[str, Any], str]:
     return conf, ctx, phases
 
 
+def _tamper(ctx: RequestContext, plugin_id: str, how: int) -> None:
+    """Give the in-flight spans what no phase gives them before ``log`` (tags on the proxy
+    span, service names on the span objects, odd tag values), to reach the general paths."""
+    state = ctx.plugin_data.get(plugin_id)
+    if not isinstance(state, ZipkinRequest):
+        return
+    request, proxy = state.request_span, state.proxy_span
+    request.tags.update({"n": 2**60, "f": 1.5, "b": False, "blank": "", "http.status_code": 1})
+    if how % 2:
+        request.service_name = "request-svc"
+        request.annotations.append({"value": "early", "timestamp": 1})
+    if proxy is not None:
+        proxy.tags.update(
+            {"peer.hostname": ["", "pre-host"][how % 2], "kong.service": "pre",
+             "kong.route_name": "", "x": 0.25}
+        )
+        proxy.service_name = ["proxy-svc", "fallback-svc", ""][how % 3]
+        proxy.ip, proxy.port = "fd00::9", 9999
+
+
 def run_case(
-    case: tuple[dict[str, Any], dict[str, Any], str], seed: int, *, reference: bool = False
+    case: tuple[dict[str, Any], dict[str, Any], str],
+    seed: int,
+    *,
+    reference: bool = False,
+    tamper: int | None = None,
 ) -> list[Any]:
     """Run one case (fresh plugin and context) and return what the log phase enqueued."""
     conf, ctx_kwargs, phases = case
@@ -247,6 +271,8 @@ def run_case(
             plugin.access(ctx)
         if phases in ("all", "header_filter"):
             plugin.header_filter(ctx)
+        if tamper is not None:
+            _tamper(ctx, plugin.id, tamper)
         if reference:
             recorder.entries.extend(reference_log(plugin, ctx))
         else:
@@ -446,11 +472,17 @@ def test_log_phase_matches_the_fixture_of_the_previous_implementation():
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(rng=st.randoms(use_true_random=False), seed=st.integers(0, 2**32))
-def test_log_phase_matches_the_reference_implementation(rng: random.Random, seed: int):
+@given(
+    rng=st.randoms(use_true_random=False),
+    seed=st.integers(0, 2**32),
+    tamper=st.none() | st.integers(0, 5),
+)
+def test_log_phase_matches_the_reference_implementation(
+    rng: random.Random, seed: int, tamper: int | None
+):
     case = make_case(rng)
-    got = run_case(case, seed)
-    want = run_case(case, seed, reference=True)
+    got = run_case(case, seed, tamper=tamper)
+    want = run_case(case, seed, reference=True, tamper=tamper)
     assert orjson.dumps(got) == orjson.dumps(want)
     assert all(type(entry) is dict for entry in got)
 
