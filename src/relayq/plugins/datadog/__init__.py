@@ -18,6 +18,7 @@ from relayq.plugins.datadog._encode import (
     DATADOG_CODES,
     Metric,
     Settings,
+    batch_lines,
     format_line,
     metric_lines,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "Metric",
     "Settings",
     "agent_address",
+    "batch_lines",
     "format_line",
     "metric_lines",
     "send_entries",
