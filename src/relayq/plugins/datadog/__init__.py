@@ -18,7 +18,6 @@ from relayq.plugins.datadog._encode import (
     DATADOG_CODES,
     Metric,
     Settings,
-    batch_lines,
     format_line,
     metric_lines,
 )
@@ -89,7 +88,6 @@ __all__ = [
     "Metric",
     "Settings",
     "agent_address",
-    "batch_lines",
     "format_line",
     "metric_lines",
     "send_entries",

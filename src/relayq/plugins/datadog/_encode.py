@@ -9,18 +9,11 @@ A missing value (which Kong would print as ``nil``) skips the line.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from relayq.plugins.statsd._encode import (
-    SIMPLE_METRICS,
-    STAT_CODES,
-    _number,
-    _rate,
-    encode_entries,
-    show,
-)
+from relayq.plugins.statsd._encode import SIMPLE_METRICS, STAT_CODES, _number, _rate, show
 
 DATADOG_CODES = {**STAT_CODES, "distribution": "d"}
 
@@ -51,9 +44,6 @@ class Settings:
     consumer_tag: str
     metrics: tuple[Metric, ...]
     _plan: tuple[_Step, ...] = field(init=False, repr=False, compare=False)
-    # batch_lines's line templates by request shape, kept across batches
-    _templates: dict[Any, Any] = field(
-        default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Per metric, what its line takes from the request (the value reader) and the parts
@@ -139,9 +129,3 @@ def metric_lines(settings: Settings, message: Mapping[str, Any]) -> list[str]:
             )
         lines.append(f"{head}{_number(value)}{kind_text}{shared}{consumer_tag}{own}")
     return lines
-
-
-def batch_lines(settings: Settings, entries: Iterable[Mapping[str, Any]]) -> list[bytes]:
-    """The lines of every serialized request of a batch, in order, UTF-8 encoded (characters that
-    cannot be, lone surrogates, as ``?``): what the handler sends, one datagram each."""
-    return encode_entries(settings, entries, metric_lines, settings._templates, scoped=False)

@@ -10,9 +10,6 @@ route (Kong raises, failing and retrying the whole batch); an empty workspace id
 counts as absent; ``shdict_usage`` emits nothing because there are no nginx shared dicts (Kong
 with no shared dicts does the same); ``allow_status_codes`` ranges are read as whole numbers;
 and packed datagrams never exceed ``udp_packet_size`` (Kong's can by one byte after a flush).
-
-The batch handler encodes a whole batch with ``batch_lines`` (``encode_entries``): the same bytes
-as ``metric_lines`` line by line, from a template per request shape.
 """
 
 from __future__ import annotations
@@ -21,8 +18,7 @@ import logging
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
-from typing import Any, TypeVar
+from typing import Any
 
 from relayq.plugins._luanum import lua_number
 
@@ -39,8 +35,7 @@ STAT_CODES = {
     "set": "s",
 }
 
-# metric name -> (stat name, how to read its value from the serialized request). Every value
-# read here must be one of VALUE_FIELDS (encode_entries's templates have a slot for each).
+# metric name -> (stat name, how to read its value from the serialized request)
 SIMPLE_METRICS: dict[str, tuple[str, Callable[[Mapping[str, Any]], Any]]] = {
     "request_count": ("request.count", lambda m: 1),
     "request_size": ("request.size", lambda m: (m.get("request") or {}).get("size")),
@@ -151,9 +146,6 @@ class Settings:
     hostname: str
     # per metric, what does not change from request to request (see _plain_lines)
     _plan: tuple[_Step, ...] = field(init=False, repr=False, compare=False)
-    # batch_lines's line templates by request shape, kept across batches
-    _templates: dict[Any, Any] = field(
-        default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         plan = []
@@ -356,202 +348,6 @@ def _generic_lines(settings: Settings, message: Mapping[str, Any]) -> list[str]:
                 )
             )
     return lines
-
-
-# Where metric values come from: (section, key), read as ``(message.get(section) or {}).get(key)``
-# like SIMPLE_METRICS's readers. encode_entries's templates have a slot for each.
-VALUE_FIELDS = (
-    ("request", "size"),
-    ("response", "size"),
-    ("latencies", "request"),
-    ("latencies", "proxy"),
-    ("latencies", "kong"),
-)
-TEMPLATE_LIMIT = 1024  # request shapes remembered per plugin instance; beyond, the cache restarts
-NEW_SHAPES_TRIED = 64  # new shapes a batch meets before it may give up on templates
-
-_EMPTY: Mapping[str, Any] = {}  # never written to
-_SLOT_INDEX = {str(index): index for index in range(len(VALUE_FIELDS))}
-_SEEN = object()  # a shape met once: its template is built the second time
-_NO_TEMPLATE = object()  # a shape whose lines are built line by line, every time
-
-_S = TypeVar("_S")
-
-
-class _Slot:
-    """Stands in for a metric value while a template is built: prints as ``\\0<index>\\0``."""
-
-    __slots__ = ("text",)
-
-    def __init__(self, index: int) -> None:
-        self.text = f"\x00{index}\x00"
-
-    def __str__(self) -> str:
-        return self.text
-
-
-def _no_args(values: tuple[Any, ...]) -> tuple[Any, ...]:
-    return ()
-
-
-class _Template:
-    """One request shape's lines, joined with ``\\n``, as a ``%`` format with a ``%.14g`` where
-    each metric value goes (what ``_number`` prints for an int or a finite float)."""
-
-    __slots__ = ("pick", "text")
-
-    def __init__(self, text: str | None, slots: Sequence[int]) -> None:
-        self.text = text  # None: requests of this shape have no lines
-        self.pick: Callable[[tuple[Any, ...]], tuple[Any, ...]]
-        if len(slots) > 1:
-            self.pick = itemgetter(*slots)
-        elif slots:
-            index = slots[0]
-            self.pick = lambda values: (values[index],)
-        else:
-            self.pick = _no_args
-
-
-def encode_entries(
-    settings: _S,
-    entries: Iterable[Mapping[str, Any]],
-    lines_of: Callable[[_S, Mapping[str, Any]], list[str]],
-    templates: dict[Any, Any],
-    scoped: bool = True,
-) -> list[bytes]:
-    """``[line.encode("utf-8", "replace") for m in entries for line in lines_of(settings, m)]``,
-    byte for byte, at a fraction of the cost.
-
-    The lines of a request depend on its values (sizes, latencies) and on its shape: the
-    identifiers of its service, route, consumer and workspace, its status, which values it has
-    and their types. The second request of a shape builds a template for it (``lines_of`` run on
-    a copy of the request whose values print as slot markers, checked against the request's own
-    lines); later requests of that shape are one ``%`` each, and the batch is encoded and split
-    into lines at once. Anything unusual (values other than ints and finite floats, identifiers
-    other than strings, a line holding a newline, anything that raises) goes through
-    ``lines_of`` itself, which also gives the same exceptions as before. Without ``scoped``
-    (datadog), the route and the workspace are left out of the shape: the lines never read them.
-    """
-    out: list[bytes] = []
-    texts: list[str] = []  # templated requests' lines not yet encoded, one str per request
-    append = texts.append
-    template_for = templates.get
-    seen = new = 0  # requests so far, and those of a shape not met before
-    trying = True
-    messages = iter(entries)
-    for message in messages:
-        seen += 1
-        try:
-            response = message.get("response") or _EMPTY
-            request = message.get("request") or _EMPTY
-            latencies = message.get("latencies") or _EMPTY
-            # the values, then the status (never a slot: its type is in the key with theirs)
-            values = (request.get("size"), response.get("size"), latencies.get("request"),
-                      latencies.get("proxy"), latencies.get("kong"), response.get("status"))
-            service = message.get("service")
-            consumer = message.get("consumer")
-            route = message.get("route") if scoped else None
-            key = (
-                (service.get("id"), service.get("name"), service.get("host"))
-                if service else None,
-                (consumer.get("id"), consumer.get("custom_id"), consumer.get("username"))
-                if consumer else None,
-                (route.get("id"), route.get("name")) if route else None,
-                message.get("workspace") if scoped else None,
-                message.get("workspace_name") if scoped else None,
-                values[5],
-                tuple(map(type, values)),
-                tuple([value == -1 for value in values]) if -1 in values else None,
-            )
-            template = template_for(key)
-            if type(template) is _Template:
-                args = template.pick(values)
-                total = sum(args)
-                if total - total == 0:  # all finite (nan and inf fail this)
-                    if template.text is not None:
-                        append(template.text % args)
-                    continue
-            elif template is None:
-                new += 1
-                # When most shapes are new (per-user metrics of many users, say), looking
-                # them up costs more than templates save: the rest of the batch goes line
-                # by line.
-                trying = new < NEW_SHAPES_TRIED or 2 * new < seen
-                if len(templates) >= TEMPLATE_LIMIT:
-                    templates.clear()
-                templates[key] = _SEEN
-            elif template is _SEEN:
-                templates[key] = _NO_TEMPLATE  # unless the template below is built
-                templates[key] = _build_template(settings, message, key, values, lines_of)
-        except Exception:  # whatever it is, lines_of below meets it again and decides
-            pass
-        if texts:
-            out += "\n".join(texts).encode("utf-8", "replace").split(b"\n")
-            texts.clear()
-        out += [line.encode("utf-8", "replace") for line in lines_of(settings, message)]
-        if not trying:
-            out += [line.encode("utf-8", "replace")
-                    for message in messages for line in lines_of(settings, message)]
-    if texts:
-        out += "\n".join(texts).encode("utf-8", "replace").split(b"\n")
-    return out
-
-
-def batch_lines(settings: Settings, entries: Iterable[Mapping[str, Any]]) -> list[bytes]:
-    """The lines of every serialized request of a batch, in order, UTF-8 encoded (characters that
-    cannot be, lone surrogates, as ``?``): what the handler sends."""
-    return encode_entries(settings, entries, metric_lines, settings._templates)
-
-
-def _build_template(
-    settings: _S,
-    message: Mapping[str, Any],
-    key: tuple[Any, ...],
-    values: tuple[Any, ...],
-    lines_of: Callable[[_S, Mapping[str, Any]], list[str]],
-) -> object:
-    """``message``'s shape's template, ``_NO_TEMPLATE``, or ``_SEEN`` to try again with the next
-    request of the shape (this one has a value that is not finite)."""
-    service, consumer, route, workspace, workspace_name, status = key[:6]
-    identifiers = [*(service or ()), *(route or ()), *(consumer or ()), workspace, workspace_name]
-    # Only strings (and None) compare equal to nothing but themselves in a serialized request:
-    # a shape key holding them cannot match a request whose lines would differ.
-    if any(type(v) is not str and v is not None for v in identifiers) or (
-            type(status) is not int and status is not None):
-        return _NO_TEMPLATE
-    probe = dict(message)
-    sections: dict[str, dict[str, Any]] = {}
-    placed: set[int] = set()
-    for index, (section, name) in enumerate(VALUE_FIELDS):
-        value = values[index]
-        if value is None or value == -1:
-            continue
-        if type(value) is not int and type(value) is not float:
-            return _NO_TEMPLATE
-        if value - value != 0:
-            return _SEEN
-        copy = sections.get(section)
-        if copy is None:
-            copy = sections[section] = dict(message[section])
-        copy[name] = _Slot(index)
-        placed.add(index)
-    probe.update(sections)
-    lines = lines_of(settings, message)
-    if not lines:
-        return _Template(None, ())
-    text = "\n".join(lines)
-    if text.count("\n") != len(lines) - 1:  # a line holding a newline: it could not split back
-        return _NO_TEMPLATE
-    parts = "\n".join(lines_of(settings, probe)).split("\x00")
-    slots = [_SLOT_INDEX.get(part) for part in parts[1::2]]
-    if len(parts) % 2 == 0 or not all(index in placed for index in slots):
-        return _NO_TEMPLATE
-    template = _Template("%.14g".join(part.replace("%", "%%") for part in parts[0::2]),
-                         [index for index in slots if index is not None])
-    # It must give back exactly this request's lines (an identifier holding "\0" would not).
-    if template.text is None or template.text % template.pick(values) != text:
-        return _NO_TEMPLATE
-    return template
 
 
 def pack_datagrams(lines: Iterable[bytes], size: int) -> list[bytes]:
