@@ -39,9 +39,6 @@ from relayq.plugins.zipkin._spans import (
     ZipkinSpan,
     header_values,
     parse_request_tags,
-    remote_endpoint,
-    render_tags,
-    tag_text,
 )
 from relayq.queue import QueueConfig
 from relayq.serializer import RequestContext
@@ -52,8 +49,6 @@ log = logging.getLogger("relayq.plugins.zipkin")
 
 # header_filter's annotations, all at the moment the response headers go out
 _HEADER_FILTER_ANNOTATIONS = ("khs", "khf", "kbs")
-# the tags of a balancer try that was not the last one, and the try's fields they report
-_FAILED_TRY_TAGS = (("kong.balancer.state", "state"), ("http.status_code", "code"))
 
 
 @dataclass(slots=True)
@@ -123,10 +118,6 @@ class ZipkinPlugin(Plugin):
         self._traceid_header: str | None = conf["http_response_header_for_traceid"]
         self._include_credential: bool = conf["include_credential"]
         self._local_service_name: str = conf["local_service_name"]
-        # Every span's localEndpoint, shared by the dicts log() enqueues: nothing changes an
-        # enqueued span (the batch handler only serializes it), and one dict fewer per span
-        # saves its allocation, its garbage-collector count and its deallocation.
-        self._local_endpoint: dict[str, str] = {"serviceName": self._local_service_name}
         self._default_service_name: str | None = conf["default_service_name"]
 
     @property
@@ -213,32 +204,33 @@ class ZipkinPlugin(Plugin):
         return state.proxy_span
 
     @staticmethod
-    def _service_and_route_text(ctx: RequestContext) -> tuple[dict[str, str], str | None]:
-        """The tags naming the request's service and route, rendered (a value that renders
-        empty is kept as ``""``: see :func:`_without_empty`), and the service name (the remote
+    def _service_and_route_tags(ctx: RequestContext) -> tuple[dict[str, Any], str | None]:
+        """The tags naming the request's service and route, and the service name (the remote
         service of the spans that carry them)."""
-        tags: dict[str, str] = {}
+        tags: dict[str, Any] = {}
         service_name = None
         service = ctx.service
-        if service:
-            service_id = service.get("id")
-            if service_id:
-                tags["kong.service"] = (
-                    service_id if type(service_id) is str else tag_text(service_id)
-                )
-                name = service.get("name")
-                if isinstance(name, str):
-                    service_name = name
-                    tags["kong.service_name"] = name if type(name) is str else tag_text(name)
+        if service and service.get("id"):
+            tags["kong.service"] = service["id"]
+            name = service.get("name")
+            if isinstance(name, str):
+                service_name = name
+                tags["kong.service_name"] = name
         route = ctx.route
         if route:
-            route_id = route.get("id")
-            if route_id:
-                tags["kong.route"] = route_id if type(route_id) is str else tag_text(route_id)
+            if route.get("id"):
+                tags["kong.route"] = route["id"]
             name = route.get("name")
             if isinstance(name, str):
-                tags["kong.route_name"] = name if type(name) is str else tag_text(name)
+                tags["kong.route_name"] = name
         return tags, service_name
+
+    @staticmethod
+    def _tag_service_and_route(span: ZipkinSpan, tags: dict[str, Any],
+                               service_name: str | None) -> None:
+        if service_name is not None:
+            span.service_name = service_name
+        span.tags.update(tags)
 
     # --------------------------------------------------------------------------- phases
 
@@ -275,226 +267,78 @@ class ZipkinPlugin(Plugin):
             ctx.response_headers_to_add[header] = proxy.trace_id.hex()
 
     def log(self, ctx: RequestContext) -> None:
-        """Finish the spans and enqueue balancer tries, proxy and request span.
-
-        The spans' Zipkin v2 dicts are built here directly, each exactly what
-        ``ZipkinSpan.to_zipkin`` returned for the span as Kong's log phase finishes it (see
-        tests/plugins/test_zipkin_fast.py): tag values are rendered (:func:`tag_text`) as they
-        are set, a tag set to ``None`` is removed, and those that rendered empty are dropped last,
-        so the keys keep the order ``set_tag`` gave them. This is the last phase, so the request
-        and proxy span objects are only read: they keep the tags and annotations the earlier
-        phases gave them. This runs for every request, hence the inlined steps:
-        ``x // 1000 if type(x) is int else _us(x)`` is ``_us(x)`` without a call in the common
-        case, and a span is one dict display (keys in ``to_zipkin``'s order) with the keys it
-        omits deleted after.
-        """
-        now = time.time_ns() // 1000
-        state = ctx.plugin_data.get(self.id)  # _state(ctx), one call fewer
-        if not isinstance(state, ZipkinRequest):
-            state = self._initialize(ctx, None)
+        """Finish the spans and enqueue balancer tries, proxy and request span."""
+        now = _now_us()
+        state = self._state(ctx)
         request = state.request_span
         if not (request.should_sample and self.export.endpoint):
             return  # nothing of this trace leaves the process (Kong builds it, then drops it)
-        proxy = state.proxy_span or self._proxy_span(state, now)
+        proxy = self._proxy_span(state, now)
         ts = ctx.timestamps
-        value = ts.get("response_end")
-        proxy_finish = (value // 1000 if type(value) is int else _us(value)) or now
-        default = self._default_service_name
-        local = self._local_endpoint
-        # The proxy and try spans are children of the request span (_proxy_span and the loop
-        # below): same trace, the request span as parent. Each id is rendered in hex once.
-        trace_hex = request.trace_id.hex()
-        request_hex = request.span_id.hex()
+        proxy_finish = _us(ts.get("response_end")) or now
 
-        # Kong's phase annotations, or the phase durations as tags (set with the spans' other
-        # tags below, in Kong's order).
-        annotations = self._annotations
-        if annotations:
-            value = ts.get("access_start")
-            access_start = value // 1000 if type(value) is int else _us(value)
-            request_annotations = [
-                *request.annotations, {"value": "krs", "timestamp": request.timestamp}
-            ]
+        if self._annotations:
+            request.annotate("krs", request.timestamp)
+            access_start = _us(ts.get("access_start"))
             if access_start is not None:
-                request_annotations.append({"value": "krf", "timestamp": access_start})
-            value = ts.get("access_end")
-            kas = {"value": "kas", "timestamp": access_start or proxy.timestamp}
-            kaf = {
-                "value": "kaf",
-                "timestamp": (value // 1000 if type(value) is int else _us(value))
-                or proxy_finish,
-            }
-            kbf = {"value": "kbf", "timestamp": proxy_finish}
-            if state.header_filter_finished:
-                proxy_annotations = [*proxy.annotations, kas, kaf, kbf]
-            else:
-                khf = {"value": "khf", "timestamp": now}
-                proxy_annotations = [*proxy.annotations, kas, kaf, khf, kbf]
+                request.annotate("krf", access_start)
+            proxy.annotate("kas", access_start or proxy.timestamp)
+            proxy.annotate("kaf", _us(ts.get("access_end")) or proxy_finish)
+            if not state.header_filter_finished:
+                proxy.annotate("khf", now)
                 state.header_filter_finished = True
+            proxy.annotate("kbf", proxy_finish)
         else:
-            # to_zipkin copied the span's list
-            request_annotations = list(request.annotations)
-            proxy_annotations = list(proxy.annotations)
+            request.set_tag(
+                "kong.rewrite.duration_ms", _ms_between(ts, "request_start", "access_start")
+            )
+            proxy.set_tag("kong.access.duration_ms", _ms_between(ts, "access_start", "access_end"))
 
-        service_tags, service_name = self._service_and_route_text(ctx)
-        service_empty = "" in service_tags.values()  # rare: a value that rendered empty
-        spans: list[dict[str, Any]] = []
-
-        # One CLIENT span per balancer try; all but the last one failed.
-        tries = ctx.tries
-        for attempt in tries:
-            if type(attempt) is not dict:  # rare: keep the tries that are mappings
-                tries = [t for t in tries if type(t) is dict or isinstance(t, Mapping)]
-                break
-        last_index = len(tries)
-        try_service = service_name or default
+        spans: list[ZipkinSpan] = []
+        service_tags, service_name = self._service_and_route_tags(ctx)
+        tries = [t for t in ctx.tries if type(t) is dict or isinstance(t, Mapping)]
         for index, attempt in enumerate(tries, start=1):
-            value = attempt.get("balancer_start_ns")
-            start = value // 1000 if type(value) is int else _us(value)
+            start = _us(attempt.get("balancer_start_ns"))
             if start is None:
                 start_ms = attempt.get("balancer_start")
                 start = (
                     int(start_ms * 1000) if isinstance(start_ms, _NUMBER) else proxy.timestamp
                 )
-            value = attempt.get("balancer_latency_ns")
-            latency_us = value // 1000 if type(value) is int else _us(value)
+            span = request.child(CLIENT, f"{request.name} (balancer try {index})", start)
+            span.ip = attempt.get("ip")
+            span.port = attempt.get("port")
+            span.set_tag("kong.balancer.try", index)
+            if index < len(tries):
+                span.set_tag("error", True)
+                span.set_tag("kong.balancer.state", attempt.get("state"))
+                span.set_tag("http.status_code", attempt.get("code"))
+            self._tag_service_and_route(span, service_tags, service_name)
+            latency_us = _us(attempt.get("balancer_latency_ns"))
             if latency_us is None:
                 latency = attempt.get("balancer_latency")
                 latency_us = int(latency * 1000) if isinstance(latency, _NUMBER) else 0
-            # A try's own tags and the service/route tags have no key in common, so the
-            # former can drop an empty text at once. str(index): tag_text of a small int.
-            if index < last_index:
-                tags: dict[str, str] = {"kong.balancer.try": str(index), "error": "true"}
-                for key, field_name in _FAILED_TRY_TAGS:
-                    value = attempt.get(field_name)
-                    if value is not None:
-                        text = tag_text(value)
-                        if text:
-                            tags[key] = text
-                tags.update(service_tags)
-            else:
-                tags = {"kong.balancer.try": str(index), **service_tags}
-            if service_empty:
-                tags = _without_empty(tags)
-            remote = remote_endpoint(try_service, attempt.get("port"), attempt.get("ip"))
-            spans.append({
-                "traceId": trace_hex,
-                "name": f"{request.name} (balancer try {index})",
-                "parentId": request_hex,
-                "id": new_span_id().hex(),
-                "kind": CLIENT,
-                "timestamp": start,
-                "duration": latency_us if latency_us > 1 else 1,  # Zipkin's minimum: 1
-                "localEndpoint": local,
-                "remoteEndpoint": remote,
-                "tags": tags,
-            })
-
-        # The proxy span: the last try's peer, the service and route.
-        tags = render_tags(proxy.tags, keep_empty=True) if proxy.tags else {}
-        if not annotations:
-            _set_text(tags, "kong.access.duration_ms",
-                      _ms_between(ts, "access_start", "access_end"))
-        if service_name is None:
-            service_name = proxy.service_name
+            span.finish(start + latency_us)
+            spans.append(span)
         if tries:
             last = tries[-1]
-            value = last.get("hostname")
-            if value is not None:
-                tags["peer.hostname"] = value if type(value) is str else tag_text(value)
-            else:
-                tags.pop("peer.hostname", None)
-            if service_name is None or service_name == try_service:
-                # the last try's remote endpoint: same service, ip and port (one dict for
-                # both spans, as localEndpoint is one for all: the batch handler only reads)
-                remote = spans[-1]["remoteEndpoint"]
-            else:  # a service name on the proxy span object itself
-                remote = remote_endpoint(service_name or default, last.get("port"),
-                                         last.get("ip"))
-        else:
-            remote = remote_endpoint(service_name or default, proxy.port, proxy.ip)
-        tags.update(service_tags)
-        if "" in tags.values():
-            tags = _without_empty(tags)
-        duration = proxy_finish - proxy.timestamp
-        span = {
-            "traceId": trace_hex,
-            "name": proxy.name,
-            "parentId": request_hex,
-            "id": proxy.span_id.hex(),
-            "kind": proxy.kind,
-            "timestamp": proxy.timestamp,
-            "duration": duration if duration > 1 else 1,
-            "localEndpoint": local,
-            "remoteEndpoint": remote,
-            "tags": tags,
-            "annotations": proxy_annotations,
-        }
-        if not tags:
-            del span["tags"]
-        if not proxy_annotations:
-            del span["annotations"]
-        spans.append(span)
+            proxy.set_tag("peer.hostname", last.get("hostname"))
+            proxy.ip = last.get("ip")
+            proxy.port = last.get("port")
 
-        # The request span. Its tags so far (set by _initialize) are nearly always strings:
-        # copy them and render the others.
-        tags = request.tags.copy()
-        for key, value in request.tags.items():
-            if type(value) is not str:
-                tags[key] = tag_text(value)
-        if not annotations:
-            _set_text(tags, "kong.rewrite.duration_ms",
-                      _ms_between(ts, "request_start", "access_start"))
-        value = ctx.status
-        if value:
-            # tag_text's first case for an int status code, without the call
-            tags["http.status_code"] = (
-                str(value) if type(value) is int and 0 < value < 1000 else tag_text(value)
-            )
-        consumer = ctx.consumer
-        if consumer and consumer.get("id"):
-            tags["kong.consumer"] = tag_text(consumer["id"])
-        credential = ctx.credential
-        if self._include_credential and credential and credential.get("id"):
-            tags["kong.credential"] = tag_text(credential["id"])
-        tags["kong.node.id"] = node_id()  # a str: tag_text would return it as is
-        if "" in tags.values():
-            tags = _without_empty(tags)
-        parent = request.parent_id
-        duration = now - request.timestamp
-        span = {
-            "traceId": trace_hex,
-            "name": request.name,
-            "parentId": parent.hex() if parent is not None else None,
-            "id": request_hex,
-            "kind": request.kind,
-            "timestamp": request.timestamp,
-            "duration": duration if duration > 1 else 1,
-            "localEndpoint": local,
-            "remoteEndpoint": remote_endpoint(
-                request.service_name or default, request.port, request.ip
-            ),
-            "tags": tags,
-            "annotations": request_annotations,
-        }
-        if parent is None:
-            del span["parentId"]
-        if not tags:
-            del span["tags"]
-        if not request_annotations:
-            del span["annotations"]
-        spans.append(span)
-        self._queue.enqueue_many(ctx, send_spans, self.export, spans)
+        if ctx.status:
+            request.set_tag("http.status_code", ctx.status)
+        if ctx.consumer and ctx.consumer.get("id"):
+            request.set_tag("kong.consumer", ctx.consumer["id"])
+        if self._include_credential and ctx.credential and ctx.credential.get("id"):
+            request.set_tag("kong.credential", ctx.credential["id"])
+        request.set_tag("kong.node.id", node_id())
+        self._tag_service_and_route(proxy, service_tags, service_name)
 
-
-def _set_text(tags: dict[str, str], key: str, value: Any) -> None:
-    """``ZipkinSpan.set_tag`` on rendered tags: ``None`` removes the tag."""
-    if value is None:
-        tags.pop(key, None)
-    else:
-        tags[key] = tag_text(value)
-
-
-def _without_empty(tags: dict[str, str]) -> dict[str, str]:
-    """Rendered tags without those that rendered empty (``to_zipkin`` drops them)."""
-    return {key: text for key, text in tags.items() if text}
+        proxy.finish(proxy_finish)
+        request.finish(now)
+        spans.append(proxy)
+        spans.append(request)
+        local, default = self._local_service_name, self._default_service_name
+        self._queue.enqueue_many(
+            ctx, send_spans, self.export, [span.to_zipkin(local, default) for span in spans]
+        )

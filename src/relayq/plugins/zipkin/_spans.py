@@ -98,82 +98,35 @@ class ZipkinSpan:
         """The Zipkin v2 span (Kong's reporter): lowercase hex ids, ``parentId``, ``tags`` and
         ``annotations`` omitted when absent, ``remoteEndpoint`` JSON null without a port or a
         service name, ``ipv6`` for addresses containing ``:``."""
-        parent = self.parent_id
-        return span_dict(
-            self.trace_id.hex(),
-            self.name,
-            parent.hex() if parent is not None else None,
-            self.span_id.hex(),
-            self.kind,
-            self.timestamp,
-            self.duration if self.duration is not None else 1,
-            local_service_name,
-            remote_endpoint(self.service_name or default_service_name, self.port, self.ip),
-            self.tags,
-            self.annotations,
-        )
-
-
-def remote_endpoint(service_name: str | None, port: Any, ip: Any) -> dict[str, Any] | None:
-    """A span's ``remoteEndpoint``: ``None`` (JSON null) without a port or a service name;
-    ``ipv6`` for an address containing ``:``."""
-    if service_name and port and ip:  # the usual case, in one dict display
-        return {"serviceName": service_name, "port": port, "ipv6" if ":" in ip else "ipv4": ip}
-    if not (port or service_name):
-        return None
-    remote: dict[str, Any] = {}
-    if service_name:
-        remote["serviceName"] = service_name
-    if port:
-        remote["port"] = port
-    if ip:
-        remote["ipv6" if ":" in ip else "ipv4"] = ip
-    return remote
-
-
-def render_tags(tags: Mapping[str, Any], *, keep_empty: bool = False) -> dict[str, str]:
-    """Tag values as text (:func:`tag_text`), in order, without those that render empty
-    (unless ``keep_empty``)."""
-    rendered = {
-        key: value if type(value) is str else tag_text(value) for key, value in tags.items()
-    }
-    # a second pass only when some value rendered empty (rare): cheaper than a test per tag
-    if not keep_empty and "" in rendered.values():
-        return {key: text for key, text in rendered.items() if text}
-    return rendered
-
-
-def span_dict(
-    trace_id: str,
-    name: str,
-    parent_id: str | None,
-    span_id: str,
-    kind: str,
-    timestamp: int,
-    duration: int,
-    local_service_name: str,
-    remote: dict[str, Any] | None,
-    tags: Mapping[str, Any],
-    annotations: list[dict[str, Any]],
-) -> dict[str, Any]:
-    """A Zipkin v2 span as Kong's reporter sends it (ids in hex): ``parentId`` omitted without a
-    parent, ``tags`` rendered by :func:`render_tags` and omitted when none is left,
-    ``annotations`` (copied) omitted when empty."""
-    span: dict[str, Any] = {"traceId": trace_id, "name": name}
-    if parent_id is not None:
-        span["parentId"] = parent_id
-    span["id"] = span_id
-    span["kind"] = kind
-    span["timestamp"] = timestamp
-    span["duration"] = duration
-    span["localEndpoint"] = {"serviceName": local_service_name}
-    span["remoteEndpoint"] = remote
-    text = render_tags(tags)
-    if text:
-        span["tags"] = text
-    if annotations:
-        span["annotations"] = list(annotations)
-    return span
+        service_name = self.service_name or default_service_name
+        remote: dict[str, Any] | None = None
+        if self.port or service_name:
+            remote = {}
+            if service_name:
+                remote["serviceName"] = service_name
+            if self.port:
+                remote["port"] = self.port
+            if self.ip:
+                remote["ipv6" if ":" in self.ip else "ipv4"] = self.ip
+        span: dict[str, Any] = {"traceId": self.trace_id.hex(), "name": self.name}
+        if self.parent_id is not None:
+            span["parentId"] = self.parent_id.hex()
+        span["id"] = self.span_id.hex()
+        span["kind"] = self.kind
+        span["timestamp"] = self.timestamp
+        span["duration"] = self.duration if self.duration is not None else 1
+        span["localEndpoint"] = {"serviceName": local_service_name}
+        span["remoteEndpoint"] = remote
+        tags: dict[str, str] = {}
+        for key, value in self.tags.items():
+            text = value if type(value) is str else tag_text(value)
+            if text:
+                tags[key] = text
+        if tags:
+            span["tags"] = tags
+        if self.annotations:
+            span["annotations"] = list(self.annotations)
+        return span
 
 
 _TAG_ITEM = re.compile(r"\s*(\S+)\s*=\s*(.*\S)\s*", re.DOTALL)
