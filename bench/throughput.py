@@ -5,7 +5,7 @@ httpx.AsyncClient to a receiver running in another process; the ratio relayq / h
 the result. Also prints how much the process grows when 1,000,000 entries are enqueued against a
 dead receiver with max_entries 10000 (memory must stay bounded by the queue, not the traffic).
 
-    python bench/throughput.py [--entries 200000] [--rounds 3]
+    python bench/throughput.py [--entries 200000] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -124,15 +124,17 @@ def memory_bound() -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--entries", type=int, default=200_000)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     proc, url = start_receiver()
     try:
         hw: list[float] = []
         rq: list[float] = []
-        for _ in range(args.rounds):
-            hw.append(asyncio.run(hand_written(url, args.entries)))
-            rq.append(asyncio.run(through_relayq(url, args.entries)))
+        for round_ in range(args.rounds):
+            # Alternate which goes first, so a drift of the machine within a round hits both.
+            order = [(hw, hand_written), (rq, through_relayq)]
+            for results, variant in order if round_ % 2 == 0 else order[::-1]:
+                results.append(asyncio.run(variant(url, args.entries)))
         received = int(httpx.get(url.replace("/log", "/count")).text)
         assert received == 2 * args.rounds * args.entries, received  # nothing lost on the way
     finally:
