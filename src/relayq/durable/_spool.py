@@ -248,48 +248,35 @@ class Spool:
         (``append_many``)."""
         if value.__class__ is not bytes:
             raise TypeError(f"spool entries must be bytes, not {type(value).__name__}")
-        if self._append_lock is not None:
-            return self._append_locked(value, commit=commit)
         size = len(value) + RECORD_OVERHEAD
-        added = self._added_bytes + size  # no call from here to the push, as in append
-        if self._refused_flag or added - self._removed_bytes > self._limit or size > _MAX_RECORD:
+        lock = self._append_lock
+        if lock is None:
+            seq = self._number_and_push(value, size)
+        else:  # free-threaded build: the same steps under the lock, in the order of the numbers
+            with lock:
+                seq = self._number_and_push(value, size)
+        if seq is None:
             self._refuse(size)
+            return None
+        if commit and self._sync and self._commit_now([seq]):
+            return None
+        return seq
+
+    def _number_and_push(self, value: bytes, size: int) -> int | None:
+        """``append``'s fast path with every check: the next number and the push, or None if
+        the spool refuses. No call from the first read to the push (see ``append``)."""
+        added = self._added_bytes + size
+        if self._refused_flag or added - self._removed_bytes > self._limit or size > _MAX_RECORD:
             return None
         self._added_bytes = added
         seq = self._next
         self._next = seq + 1
         try:
             self._push(value)
-        except BaseException:
+        except BaseException:  # MemoryError: take the number back, or the inbox is off
             self._next = seq
             self._added_bytes -= size
             raise
-        if commit and self._sync and self._commit_now([seq]):
-            return None
-        return seq
-
-    def _append_locked(self, value: bytes, *, commit: bool) -> int | None:
-        """``append`` without the GIL: the same steps under ``_append_lock``."""
-        size = len(value) + RECORD_OVERHEAD
-        lock = self._append_lock
-        assert lock is not None
-        with lock:
-            added = self._added_bytes + size
-            if (self._refused_flag or added - self._removed_bytes > self._limit
-                    or size > _MAX_RECORD):
-                self._refuse(size)
-                return None
-            self._added_bytes = added
-            seq = self._next
-            self._next = seq + 1
-            try:
-                self._push(value)  # under the lock: in the order of the numbers
-            except BaseException:
-                self._next = seq
-                self._added_bytes -= size
-                raise
-        if commit and self._sync and self._commit_now([seq]):
-            return None
         return seq
 
     def append_many(self, values: list[bytes]) -> list[int | None]:
