@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,8 @@ class GatewayProcess:
     """``relayq.gateway.run(...)`` in a subprocess, its output collected in a file."""
 
     def __init__(self, tmp_path: Path, config: str | None, *, workers: int = 1,
-                 shutdown_timeout: float = 10.0, status_listen: str | None = None) -> None:
+                 shutdown_timeout: float = 10.0, status_listen: str | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config_path = tmp_path / "kong.yml"
@@ -84,10 +85,11 @@ class GatewayProcess:
             f"sys.exit(run({path_arg}, '127.0.0.1:{self.port}', {workers}, "
             f"{shutdown_timeout}, {status_listen!r}))"
         )
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
+        environment = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1",
+                       **(env or {})}
         self._out = open(self.output_path, "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=self._out,
-                                     stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+                                     stderr=subprocess.STDOUT, env=environment, cwd=tmp_path)
 
     def output(self) -> str:
         return self.output_path.read_text(errors="replace")

@@ -32,6 +32,9 @@ class Seen:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # The head and the body are separate writes: with Nagle's algorithm on, the body would
+    # wait for the gateway's delayed ACK (40 ms per keep-alive request).
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:
