@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relayq.plugins import _udp
+from relayq.plugins._slices import slices
 from relayq.plugins.datadog._encode import Settings, metric_lines
 
 log = logging.getLogger("relayq.plugins")
@@ -27,11 +28,13 @@ class Delivery:
 
 async def send_entries(conf: Delivery, entries: list[Any]) -> bool | tuple[bool, str]:
     """Send every metric line of every serialized request in the batch."""
-    lines = [
-        line.encode("utf-8", "replace")
-        for message in entries
-        for line in metric_lines(conf.settings, message)
-    ]
+    lines: list[bytes] = []
+    async for part in slices(entries):  # the loop serves requests between slices
+        lines += [
+            line.encode("utf-8", "replace")
+            for message in part
+            for line in metric_lines(conf.settings, message)
+        ]
     where = f"{conf.host}:{conf.port}"
     try:
         sock = await _udp.open_udp(conf.host, conf.port)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from relayq.plugins._http import HttpSender, HttpTransportError, redact_url
-from relayq.plugins.opentelemetry._encode import encode_logs, encode_traces
+from relayq.plugins._slices import slices
+from relayq.plugins.opentelemetry._encode import encode_logs, traces_body
 from relayq.plugins.opentelemetry._logcapture import LogData
 from relayq.plugins.opentelemetry._spans import SpanData
 
@@ -66,8 +67,11 @@ async def _post(conf: ExportConf, body: bytes, what: str, count: int) -> bool | 
 
 
 async def export_traces(conf: ExportConf, spans: list[SpanData]) -> bool | tuple[bool, str]:
-    """Batch handler of the ``<plugin_id>:traces`` queue."""
-    return await _post(conf, encode_traces(spans, conf.resource_attributes), "spans", len(spans))
+    """Batch handler of the ``<plugin_id>:traces`` queue (encoding a slice at a time)."""
+    body = traces_body(conf.resource_attributes)
+    async for part in slices(spans):
+        body.add(part)
+    return await _post(conf, body.finish(), "spans", len(spans))
 
 
 async def export_logs(conf: ExportConf, records: list[LogData]) -> bool | tuple[bool, str]:

@@ -43,7 +43,7 @@ messages' keys and lengths written in front at the end.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from relayq.plugins._propagation import SPAN_ID_SIZE, TRACE_ID_SIZE, resize_id
@@ -361,31 +361,40 @@ def add_span(
         buf[body_start - 2:body_start] = varint(size)
 
 
-def trace_request(
-    spans: Sequence[SpanData], resource_attributes: Mapping[Any, Any], scope: bytes
-) -> bytes:
-    """The ``ExportTraceServiceRequest`` body: one ResourceSpans with the resource
-    (``resource_attributes`` already merged with the defaults), one ScopeSpans with ``scope``
-    (the InstrumentationScope body) and ``spans``."""
-    # The resource first, as the reference encoder does: the same error for bad input.
-    resource = key_values(resource_attributes, _T_RESOURCE_ATTRIBUTE)
-    cache: AttributeCache = {}
-    layouts: dict[Any, SpanLayout] = {}
-    buf = bytearray(len_field(tag(SCOPE_SPANS_SCOPE, WIRE_LEN), scope))  # ScopeSpans body
-    for one in spans:
-        add_span(buf, one, cache, layouts)
-    # The enclosing messages' keys and lengths go in front: one copy of the spans at the end.
-    resource_spans_head = (
-        len_field(tag(RESOURCE_SPANS_RESOURCE, WIRE_LEN), resource)  # always present
-        + tag(RESOURCE_SPANS_SCOPE_SPANS, WIRE_LEN)
-        + varint(len(buf))
-    )
-    head = (
-        tag(REQUEST_RESOURCE_SPANS, WIRE_LEN)
-        + varint(len(resource_spans_head) + len(buf))
-        + resource_spans_head
-    )
-    return b"".join((head, buf))
+class TraceBody:
+    """An ``ExportTraceServiceRequest`` body built span by span (``add`` may be called for
+    slices of a batch): one ResourceSpans with the resource (``resource_attributes`` already
+    merged with the defaults), one ScopeSpans with ``scope`` (the InstrumentationScope body) and
+    the spans added; ``finish`` returns the bytes."""
+
+    __slots__ = ("_buf", "_cache", "_layouts", "_resource")
+
+    def __init__(self, resource_attributes: Mapping[Any, Any], scope: bytes) -> None:
+        # The resource first, as the reference encoder does: the same error for bad input.
+        self._resource = key_values(resource_attributes, _T_RESOURCE_ATTRIBUTE)
+        self._cache: AttributeCache = {}
+        self._layouts: dict[Any, SpanLayout] = {}
+        self._buf = bytearray(len_field(tag(SCOPE_SPANS_SCOPE, WIRE_LEN), scope))  # ScopeSpans
+
+    def add(self, spans: Iterable[SpanData]) -> None:
+        buf, cache, layouts = self._buf, self._cache, self._layouts
+        for one in spans:
+            add_span(buf, one, cache, layouts)
+
+    def finish(self) -> bytes:
+        buf = self._buf
+        # The enclosing messages' keys and lengths go in front: one copy of the spans at the end.
+        resource_spans_head = (
+            len_field(tag(RESOURCE_SPANS_RESOURCE, WIRE_LEN), self._resource)  # always present
+            + tag(RESOURCE_SPANS_SCOPE_SPANS, WIRE_LEN)
+            + varint(len(buf))
+        )
+        head = (
+            tag(REQUEST_RESOURCE_SPANS, WIRE_LEN)
+            + varint(len(resource_spans_head) + len(buf))
+            + resource_spans_head
+        )
+        return b"".join((head, buf))
 
 
 def scope(name: str, version: str) -> bytes:

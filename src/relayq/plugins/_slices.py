@@ -1,0 +1,26 @@
+"""Batch work in slices, so a batch handler never holds the event loop for long.
+
+A batch handler runs on the loop that serves the host's requests. Encoding a batch of 500
+requests' spans or metric lines in one go takes a few milliseconds, and every request that
+arrives meanwhile waits for it (with all five plugins, p99 latency at low load went from
+0.15 ms to 6 ms before handlers were sliced). Handlers encode ``SLICE`` entries at a time and
+let the loop run in between; the few extra loop turns per batch cost next to nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import TypeVar
+
+SLICE = 64  # entries encoded between two yields: well under a millisecond of work
+
+T = TypeVar("T")
+
+
+async def slices(items: Sequence[T], size: int = SLICE) -> AsyncIterator[Sequence[T]]:
+    """``items`` in consecutive slices of ``size``, yielding to the event loop between them."""
+    for start in range(0, len(items), size):
+        if start:
+            await asyncio.sleep(0)
+        yield items[start:start + size]
