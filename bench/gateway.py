@@ -7,7 +7,12 @@ datadog, opentelemetry and zipkin all enabled globally (sending to a local HTTP 
 sink, with batching as a production setup would use). The plugin run ends with SIGTERM and
 checks the gateway exits 0, i.e. every queued entry was delivered.
 
-Usage: .venv/bin/python bench/gateway.py [--duration 4] [--connections 16] [--threads 1] [--each]
+Usage: .venv/bin/python bench/gateway.py [--duration 4] [--connections 16] [--threads 1]
+                                         [--light 2] [--each]
+
+``--light`` sets the connections of a second run of the gateway with and without plugins: with
+so few connections little time goes to queueing, so its p99 shows how long the plugins' work
+holds requests up (at 16 connections p99 is mostly time spent queueing).
 
 ``--each`` also runs the gateway with each plugin alone, to show what each one costs.
 wrk is the Debian package ``wrk``; it is installed with apt-get when missing and possible.
@@ -200,6 +205,8 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=4, help="seconds per measurement")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--light", type=int, default=2, metavar="CONNECTIONS",
+                        help="connections of the second, latency runs (0: none)")
     parser.add_argument("--each", action="store_true",
                         help="also measure each plugin alone (adds five runs)")
     args = parser.parse_args()
@@ -213,15 +220,27 @@ def main() -> int:
         print(f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, "
               f"{os.cpu_count()} CPUs; upstream: uvicorn on 127.0.0.1:{up_port}", flush=True)
         direct = run_wrk(wrk, f"http://127.0.0.1:{up_port}/", "upstream directly", args)
+        # Many connections (throughput, and a p99 that is mostly queueing), then few (a p99
+        # that shows how long the plugins' work holds requests up).
+        light = argparse.Namespace(**{**vars(args), "connections": args.light})
+
+        def lightly(port: int) -> Result | None:
+            if not args.light:
+                return None
+            label = f"  ... at {args.light} connections"
+            return run_wrk(wrk, f"http://127.0.0.1:{port}/", label, light)
+
         gw = Gateway(config(up_port, up_port, udp, plugins=False), workdir)
         try:
             bare = run_wrk(wrk, f"http://127.0.0.1:{gw.port}/", "gateway, no plugins", args)
+            bare_light = lightly(gw.port)
         finally:
             gw.stop()
         gw = Gateway(config(up_port, up_port, udp, plugins=True), workdir)
         try:
             full = run_wrk(wrk, f"http://127.0.0.1:{gw.port}/",
                            "gateway, five plugins", args)
+            full_light = lightly(gw.port)
         finally:
             flushed = gw.stop() == 0
         alone: list[Result] = []
@@ -242,11 +261,15 @@ def main() -> int:
           f"(plugins cost {cost:.1%}), p99 {full.p99_ms / bare.p99_ms:5.2f}x")
     print(f"  gateway (no plugins) / direct  throughput {bare.rps / direct.rps:6.2f}x, "
           f"p99 {bare.p99_ms / direct.p99_ms:5.2f}x")
+    if bare_light is not None and full_light is not None:
+        print(f"  p99 at {args.light} connections{'':<10} five plugins "
+              f"{full_light.p99_ms:.2f} ms, no plugins {bare_light.p99_ms:.2f} ms")
     for result in alone:
         print(f"  {result.label.removeprefix('gateway, '):<30} throughput "
               f"{result.rps / bare.rps:6.2f}x (costs {1 - result.rps / bare.rps:.1%})")
     print(f"  every queued entry delivered at shutdown: {'yes' if flushed else 'NO'}")
-    failed = any(r.errors for r in (direct, bare, full, *alone))
+    runs = (direct, bare, full, bare_light, full_light, *alone)
+    failed = any(r.errors for r in runs if r is not None)
     return 0 if flushed and not failed else 1
 
 
