@@ -2,9 +2,10 @@
 
 A batch handler runs on the loop that serves the host's requests. Encoding a batch of 500
 requests' spans or metric lines in one go takes a few milliseconds, and every request that
-arrives meanwhile waits for it (with all five plugins, p99 latency at low load went from
-0.15 ms to 6 ms before handlers were sliced). Handlers encode ``SLICE`` entries at a time and
-let the loop run in between; the few extra loop turns per batch cost next to nothing.
+arrives meanwhile waits for it. Handlers encode ``SLICE`` entries at a time and let the loop
+run in between; the few extra loop turns per batch cost next to nothing. (The gateway with all
+five plugins at 2 connections: p99 5.9 ms before slicing, 3.5-3.8 ms after, 0.16 ms without
+plugins; the rest is mostly garbage collection and the log phases.)
 """
 
 from __future__ import annotations
