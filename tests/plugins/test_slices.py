@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from relayq.plugins._http import MemoryHttpSender
-from relayq.plugins._slices import SLICE, slices
+from relayq.plugins._slices import SLICE, encoded_lines, slices
 from relayq.plugins.opentelemetry import ExportConf, export_traces
 from relayq.plugins.opentelemetry._encode import encode_traces
 from relayq.plugins.opentelemetry._spans import SpanData
@@ -64,3 +64,16 @@ def test_otel_handler_lets_the_loop_run_and_sends_the_same_body() -> None:
     assert ok is True
     assert ticks >= 2
     assert sender.requests[0].body == encode_traces(spans, {"team": "edge"})
+
+
+def test_encoded_lines_keeps_order_across_slices_and_replaces_what_utf8_cannot_hold() -> None:
+    items = list(range(SLICE + 3))
+
+    def lines_of(n: int) -> list[str]:
+        return [f"m{n}.a", f"m{n}.b\udce9" if n == SLICE else f"m{n}.b"]
+
+    lines, ticks = asyncio.run(_with_ticker(encoded_lines(lines_of, items)))
+    expected = [f"m{n}.{x}".encode() for n in items for x in "ab"]
+    expected[2 * SLICE + 1] = f"m{SLICE}.b?".encode()
+    assert lines == expected
+    assert ticks >= 1

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from relayq.plugins import _tcp, _udp
-from relayq.plugins._slices import slices
+from relayq.plugins._slices import encoded_lines
 from relayq.plugins.statsd._encode import Settings, metric_lines, pack_datagrams
 
 log = logging.getLogger("relayq.plugins")
@@ -30,13 +31,7 @@ class Delivery:
 
 async def send_entries(conf: Delivery, entries: list[Any]) -> bool | tuple[bool, str]:
     """Send every metric line of every serialized request in the batch."""
-    lines: list[bytes] = []
-    async for part in slices(entries):  # the loop serves requests between slices
-        lines += [
-            line.encode("utf-8", "replace")
-            for message in part
-            for line in metric_lines(conf.settings, message)
-        ]
+    lines = await encoded_lines(partial(metric_lines, conf.settings), entries)
     where = f"{conf.host}:{conf.port}"
     if conf.use_tcp:
         try:
