@@ -43,7 +43,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,31 @@ class _LoopThread:
         self.loop.close()
 
 
-class FaultProxy:
+class _Counted:
+    """What both proxies count per fault kind (``counts``, under ``_lock``), and waiting on it.
+    ``counts`` holds requests (HTTP) or chunks/connections (raw) for ``FaultProxy``, datagrams
+    received for ``UdpFaultProxy``."""
+
+    counts: Counter[str]
+    _lock: threading.Lock
+
+    def count(self, kind: str) -> int:
+        """What was handled under fault ``kind``."""
+        with self._lock:
+            return self.counts[kind]
+
+    def wait_for(self, predicate: Callable[[Self], bool], timeout: float = 10.0,
+                 what: str = "the proxy condition") -> None:
+        """Poll ``predicate(self)`` until true; ``AssertionError`` after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}; "
+                                     f"counts={dict(self.counts)}")
+            time.sleep(0.01)
+
+
+class FaultProxy(_Counted):
     """A TCP proxy (``http=True``: per-request, HTTP/1.1 keep-alive aware; ``http=False``: raw
     byte streams) in front of ``upstream``; see the module docstring.
 
@@ -223,21 +247,6 @@ class FaultProxy:
         """A snapshot of the HTTP requests handled so far."""
         with self._lock:
             return list(self._hits)
-
-    def count(self, kind: str) -> int:
-        """Requests (HTTP) or chunks/connections (raw) handled under fault ``kind``."""
-        with self._lock:
-            return self.counts[kind]
-
-    def wait_for(self, predicate: Callable[[FaultProxy], bool], timeout: float = 10.0,
-                 what: str = "the proxy condition") -> None:
-        """Poll ``predicate(self)`` until true; ``AssertionError`` after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while not predicate(self):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}; "
-                                     f"counts={dict(self.counts)}")
-            time.sleep(0.01)
 
     def start(self) -> FaultProxy:
         self._runner.start()
@@ -438,7 +447,7 @@ class _Datagrams(asyncio.DatagramProtocol):
         self.proxy._received(data)
 
 
-class UdpFaultProxy:
+class UdpFaultProxy(_Counted):
     """A UDP relay to ``127.0.0.1:upstream_port`` with the faults that make sense for datagrams:
     ``pass``, ``refuse`` (socket closed: the sender's socket gets ICMP port unreachable),
     ``stall`` (a black hole: datagrams are read and dropped) and ``slow(delay)``."""
@@ -463,21 +472,6 @@ class UdpFaultProxy:
         if fault.kind not in ("pass", "refuse", "stall", "slow"):
             raise ValueError(f"fault {fault} does not apply to UDP")
         self._runner.call(self._apply(fault))
-
-    def count(self, kind: str) -> int:
-        """Datagrams received under fault ``kind``."""
-        with self._lock:
-            return self.counts[kind]
-
-    def wait_for(self, predicate: Callable[[UdpFaultProxy], bool], timeout: float = 10.0,
-                 what: str = "the proxy condition") -> None:
-        """Poll ``predicate(self)`` until true; ``AssertionError`` after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while not predicate(self):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}; "
-                                     f"counts={dict(self.counts)}")
-            time.sleep(0.01)
 
     def start(self) -> UdpFaultProxy:
         self._out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
